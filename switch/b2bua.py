@@ -1,0 +1,735 @@
+"""The B2BUA: every call is two legs, each a full SIP dialog owned by the switch.
+
+Leg A is the dialog with the caller (we are its UAS); leg B is the dialog we create toward the
+callee (we are its UAC; an extension with several contacts is forked in parallel and the first
+2xx wins). Media is anchored: each leg has its own RTP endpoint in the switch and the SDP on
+each leg names the switch, never the other party (RFC 3264 offer/answer on each leg).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sip.dialog import Dialog, create_cancel
+
+from media.engine import MediaEngine, RtpEndpoint
+from media.sdp import (
+    Codec,
+    SdpError,
+    SdpNegotiationError,
+    SessionDescription,
+    audio_codecs,
+    build_answer,
+    build_offer,
+    negotiate,
+    remote_rtp_address,
+)
+from sip.digest import DigestClient, choose_challenge
+from sip.errors import SipParseError
+from sip.message import Headers, Request, Response, build_response
+from sip.stack import SipStack, new_tag
+from sip.transaction import ClientTransaction, ServerTransaction
+from sip.uri import parse_name_addr, parse_uri
+from switch.config import Trunk
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER"
+
+
+class Outcome(enum.StrEnum):
+    """The normalised end of a leg."""
+
+    ANSWERED = "answered"
+    BUSY = "busy"
+    NO_ANSWER = "no-answer"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+# RFC 3398 section 8.2.6.1: SIP status -> ISDN (Q.850) cause.
+_Q850 = {
+    400: 41, 401: 21, 402: 21, 403: 21, 404: 1, 405: 63, 406: 79, 407: 21, 408: 102, 410: 22,
+    413: 127, 414: 127, 415: 79, 416: 127, 420: 127, 421: 127, 423: 127, 480: 18, 481: 41,
+    482: 25, 483: 25, 484: 28, 485: 1, 486: 17, 487: 127, 488: 127, 500: 41, 501: 79, 502: 38,
+    503: 41, 504: 102, 505: 127, 600: 17, 603: 21, 604: 1, 606: 58,
+}
+
+
+def q850_for(status: int) -> int:
+    """The Q.850 cause for a final SIP status (16, normal clearing, for 2xx)."""
+    if status < 300:
+        return 16
+    return _Q850.get(status, 31 if status < 500 else 41)
+
+
+def outcome_for(status: int, *, no_answer: bool = False, canceled: bool = False) -> Outcome:
+    """Map a final SIP status to a normalised outcome."""
+    if status < 300:
+        return Outcome.ANSWERED
+    if canceled or status == 487:
+        return Outcome.CANCELED
+    if no_answer or status in (408, 480):
+        return Outcome.NO_ANSWER
+    if status in (486, 600):
+        return Outcome.BUSY
+    if status in (403, 404, 484, 485, 603, 604, 606, 488, 415, 416, 420):
+        return Outcome.REJECTED
+    return Outcome.FAILED
+
+
+class LegState(enum.StrEnum):
+    """Where a leg's INVITE dialog stands."""
+
+    TRYING = "trying"
+    EARLY = "early"
+    CONFIRMED = "confirmed"
+    TERMINATED = "terminated"
+
+
+@dataclass(eq=False)
+class Leg:
+    """One SIP dialog of a call, with its media endpoint."""
+
+    call: Call
+    role: str  # "uas" (the caller's leg) or "uac" (a leg we placed)
+    transport: str
+    dest: Address  # where requests in this dialog are sent
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    state: LegState = LegState.TRYING
+    dialog: Dialog | None = None
+    invite: Request | None = None
+    server_tx: ServerTransaction | None = None
+    client_tx: ClientTransaction | None = None
+    rtp: RtpEndpoint | None = None
+    codecs: list[Codec] = field(default_factory=list)
+    local_sdp: SessionDescription | None = None
+    trunk: Trunk | None = None
+    auth_tries: int = 0
+    got_provisional: bool = False
+    cancel_pending: bool = False
+    canceled: bool = False
+    final_status: int | None = None
+    outcome: Outcome | None = None
+    q850: int | None = None
+    target: str = ""
+    answered_at: float | None = None
+    ended_at: float | None = None
+
+
+@dataclass(eq=False)
+class Call:
+    """A B2BUA call: the caller's leg and the leg(s) placed for it."""
+
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    a: Leg | None = None
+    forks: list[Leg] = field(default_factory=list)
+    b: Leg | None = None
+    caller: str = ""
+    callee: str = ""
+    started_at: float = field(default_factory=time.time)
+    answered_at: float | None = None
+    ended_at: float | None = None
+    ring_timer: asyncio.TimerHandle | None = None
+    ended: bool = False
+    b_rtp: RtpEndpoint | None = None
+    early_answered: bool = False
+    max_forwards: int = 70
+
+
+@dataclass(frozen=True, slots=True)
+class ForkTarget:
+    """Where to send one branch of leg B."""
+
+    request_uri: str
+    to_uri: str
+    dest: Address
+    transport: str
+    trunk: Trunk | None = None
+
+
+class B2BUA:
+    """Creates and tears down calls; owns the dialog index for in-dialog requests."""
+
+    def __init__(
+        self,
+        stack: SipStack,
+        media: MediaEngine,
+        *,
+        ring_timeout: float,
+        user_agent: str,
+        max_forwards: int,
+        on_event: Callable[[str, Call, Leg | None], None] | None = None,
+    ) -> None:
+        self.stack = stack
+        self.media = media
+        self.ring_timeout = ring_timeout
+        self.user_agent = user_agent
+        self.max_forwards = max_forwards
+        self.calls: dict[str, Call] = {}
+        self._dialogs: dict[tuple[str, str, str], Leg] = {}
+        self._on_event = on_event
+        self.accepting = True
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _emit(self, name: str, call: Call, leg: Leg | None = None) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(name, call, leg)
+            except Exception:
+                log.exception("event hook failed")
+
+    def _respond(self, leg: Leg, status: int, *, body: bytes = b"", reason: str | None = None,
+                 extra: list[tuple[str, str]] | None = None) -> None:
+        """Answer leg A's INVITE."""
+        assert leg.server_tx is not None and leg.invite is not None and leg.dialog is not None
+        headers = list(extra or [])
+        if status < 300 or (100 < status < 200):
+            headers.append(("Contact", f"<{self.stack.contact_uri(leg.transport)}>"))
+        if body:
+            headers.append(("Content-Type", "application/sdp"))
+        if status >= 300:
+            headers.append(("Reason", f"Q.850;cause={q850_for(status)}"))
+        headers.append(("Allow", ALLOW))
+        headers.append(("Server", self.user_agent))
+        response = build_response(
+            leg.invite, status, reason, to_tag=leg.dialog.local_tag if status > 100 else None,
+            body=body, extra=headers,
+        )
+        self.stack.send_response(leg.server_tx, response)
+
+    def _index(self, leg: Leg) -> None:
+        d = leg.dialog
+        if d is not None and d.remote_tag:
+            self._dialogs[(d.call_id, d.local_tag, d.remote_tag)] = leg
+
+    def _unindex(self, leg: Leg) -> None:
+        d = leg.dialog
+        if d is not None and d.remote_tag:
+            self._dialogs.pop((d.call_id, d.local_tag, d.remote_tag), None)
+
+    def find_leg(self, request: Request) -> Leg | None:
+        """The leg an in-dialog request belongs to (To tag is ours, From tag is theirs)."""
+        try:
+            to_tag = parse_name_addr(request.first("To")).tag
+            from_tag = parse_name_addr(request.first("From")).tag
+        except SipParseError:
+            return None
+        if not to_tag or not from_tag:
+            return None
+        return self._dialogs.get((request.call_id, to_tag, from_tag))
+
+    def resolve(self, uri_text: str, transport_hint: str | None = None) -> tuple[Address, str]:
+        """Next-hop address and transport for a URI (RFC 3263 reduced to numeric hosts)."""
+        uri = parse_uri(uri_text)
+        host, port = uri.host_port()
+        transport = uri.params.get("transport") or transport_hint or "udp"
+        return (host, port), str(transport).lower()
+
+    # ---- incoming INVITE (new call) --------------------------------------------------------
+
+    def new_call(
+        self,
+        request: Request,
+        tx: ServerTransaction,
+        source: Address,
+        transport: str,
+        *,
+        caller: str,
+        caller_name: str | None,
+        targets: list[ForkTarget],
+        callee: str,
+    ) -> Call:
+        """Accept an authenticated, routed INVITE and place leg B toward ``targets``."""
+        call = Call(caller=caller, callee=callee)
+        a = Leg(call=call, role="uas", transport=transport, dest=source, invite=request,
+                server_tx=tx, target=caller)
+        call.a = a
+        tx.user_data = a
+        contact = self.stack.contact_uri(transport)
+        a.dialog = Dialog.uas(request, new_tag(), contact)
+        self._fix_leg_dest(a)
+        self._index(a)
+        self.calls[call.id] = call
+        mf = request.headers.get("Max-Forwards")
+        call.max_forwards = (int(mf) - 1) if mf is not None and mf.isdigit() else self.max_forwards
+        self._respond(a, 100)
+        self._emit("initiated", call, a)
+        asyncio.get_running_loop().create_task(
+            self._start_call(call, request, targets, caller, caller_name, callee)
+        )
+        return call
+
+    def _fix_leg_dest(self, leg: Leg) -> None:
+        """Requests in leg A's dialog go to its remote target, or back on its TCP flow."""
+        if leg.dialog is None:
+            return
+        if leg.transport == "tcp" and self.stack.has_connection(leg.dest):
+            return
+        try:
+            leg.dest, leg.transport = self.resolve(leg.dialog.next_hop(), leg.transport)
+        except SipParseError:
+            pass
+
+    async def _start_call(
+        self,
+        call: Call,
+        request: Request,
+        targets: list[ForkTarget],
+        caller: str,
+        caller_name: str | None,
+        callee: str,
+    ) -> None:
+        a = call.a
+        assert a is not None
+        try:
+            offer = SessionDescription.parse(request.body) if request.body else None
+        except SdpError:
+            self._fail_a(call, 400, "Bad SDP")
+            return
+        if offer is None:
+            # Late offer (RFC 3261 section 13.2.1): not supported yet; say so clearly.
+            self._fail_a(call, 488, "SDP offer required")
+            return
+        try:
+            codecs_a = negotiate(offer)
+        except SdpNegotiationError:
+            self._fail_a(call, 488, "Not Acceptable Here")
+            return
+        try:
+            a.rtp = await self.media.allocate()
+            call.b_rtp = await self.media.allocate()
+        except Exception:
+            log.exception("no RTP ports for call %s", call.id)
+            self._fail_a(call, 503, "No media ports")
+            return
+        if call.ended or a.state == LegState.TERMINATED:
+            self._release_media(call)
+            return
+        a.codecs = codecs_a
+        a.rtp.set_remote(remote_rtp_address(offer), codecs_a)
+        a.local_sdp = None
+        b_offer = build_offer(
+            call.b_rtp.local_address[0], call.b_rtp.local_address[1], codecs_a,
+            session_id=secrets.randbelow(2**31),
+        )
+        call_id = f"{uuid.uuid4().hex}@{self.stack.address}"
+        from_tag = new_tag()
+        display = f'"{caller_name}" ' if caller_name else ""
+        from_host = self.stack.address
+        for target in targets:
+            user = caller
+            if target.trunk is not None and target.trunk.from_user:
+                user = target.trunk.from_user
+            headers = Headers(
+                [
+                    ("Via", self.stack.via(target.transport)),
+                    ("Max-Forwards", str(call.max_forwards)),
+                    ("From", f"{display}<sip:{user}@{from_host}>;tag={from_tag}"),
+                    ("To", f"<{target.to_uri}>"),
+                    ("Call-ID", call_id),
+                    ("CSeq", "1 INVITE"),
+                    ("Contact", f"<{self.stack.contact_uri(target.transport, user)}>"),
+                    ("Allow", ALLOW),
+                    ("User-Agent", self.user_agent),
+                    ("Content-Type", "application/sdp"),
+                ]
+            )
+            invite = Request(method="INVITE", uri=target.request_uri, headers=headers,
+                             body=b_offer.to_bytes())
+            leg = Leg(call=call, role="uac", transport=target.transport, dest=target.dest,
+                      invite=invite, trunk=target.trunk, target=target.request_uri)
+            call.forks.append(leg)
+            self._emit("leg-initiated", call, leg)
+            leg.client_tx = self.stack.send_request(invite, target.dest, target.transport, leg)
+        loop = asyncio.get_running_loop()
+        call.ring_timer = loop.call_later(self.ring_timeout, self._ring_timeout, call)
+
+    def _fail_a(self, call: Call, status: int, reason: str | None = None,
+                *, outcome: Outcome | None = None) -> None:
+        """Answer leg A with a final failure and end the call."""
+        a = call.a
+        assert a is not None
+        if a.state in (LegState.TRYING, LegState.EARLY):
+            self._respond(a, status, reason=reason)
+            a.final_status = status
+            a.outcome = outcome or outcome_for(status)
+            a.q850 = q850_for(status)
+            a.state = LegState.TERMINATED
+        self._end_call(call)
+
+    # ---- responses on leg B ----------------------------------------------------------------
+
+    def on_response(self, leg: Leg, response: Response, tx: ClientTransaction) -> None:
+        """A response for one of our INVITEs (a fork of leg B)."""
+        call = leg.call
+        status = response.status
+        if status == 100:
+            return
+        if status < 200:
+            self._b_provisional(call, leg, response)
+        elif status < 300:
+            self._b_answered(call, leg, response, tx)
+        else:
+            self._b_failed(call, leg, response)
+
+    def _b_provisional(self, call: Call, leg: Leg, response: Response) -> None:
+        leg.got_provisional = True
+        if leg.cancel_pending:
+            self._send_cancel(leg)
+            return
+        if call.ended or leg.state == LegState.TERMINATED:
+            return
+        if leg.dialog is None and leg.invite is not None:
+            try:
+                to_tag = parse_name_addr(response.first("To")).tag
+            except SipParseError:
+                to_tag = None
+            if to_tag:
+                leg.dialog = Dialog.uac(leg.invite, response)
+                self._index(leg)
+        leg.state = LegState.EARLY
+        a = call.a
+        assert a is not None
+        if a.state not in (LegState.TRYING, LegState.EARLY):
+            return
+        body = b""
+        if response.body and not call.early_answered:
+            # Early media (RFC 3960): anchor it now and answer leg A in the 183.
+            if self._apply_b_answer(call, leg, response):
+                body = self._a_answer_sdp(call)
+                call.early_answered = True
+        status = 183 if body else (180 if response.status in (180, 183) else response.status)
+        if not body and response.status == 183:
+            status = 180
+        a.state = LegState.EARLY
+        self._respond(a, status, body=body)
+        self._emit("ringing", call, leg)
+        if body:
+            self._emit("early-media", call, leg)
+
+    def _apply_b_answer(self, call: Call, leg: Leg, response: Response) -> bool:
+        """Take leg B's SDP answer: point its endpoint there and bridge."""
+        try:
+            answer = SessionDescription.parse(response.body)
+        except SdpError:
+            return False
+        codecs = audio_codecs(answer)
+        if not codecs or call.b_rtp is None or call.a is None or call.a.rtp is None:
+            return False
+        leg.codecs = codecs
+        leg.rtp = call.b_rtp
+        call.b_rtp.set_remote(remote_rtp_address(answer), codecs)
+        self.media.bridge(call.a.rtp, call.b_rtp)
+        return True
+
+    def _a_answer_sdp(self, call: Call) -> bytes:
+        """Our answer to leg A's offer: leg B's chosen codecs with leg A's payload types."""
+        a = call.a
+        assert a is not None and a.rtp is not None and a.invite is not None
+        if a.local_sdp is not None:
+            return a.local_sdp.to_bytes()
+        chosen_names = [c.name.lower() for c in (call.b.codecs if call.b else [])]
+        if not chosen_names:
+            for fork in call.forks:
+                if fork.codecs:
+                    chosen_names = [c.name.lower() for c in fork.codecs]
+                    break
+        codecs = [c for c in a.codecs if c.name.lower() in chosen_names] or a.codecs
+        offer = SessionDescription.parse(a.invite.body)
+        answer = build_answer(offer, a.rtp.local_address[0], a.rtp.local_address[1], codecs,
+                              session_id=secrets.randbelow(2**31))
+        a.local_sdp = answer
+        a.rtp.set_remote(remote_rtp_address(offer), codecs)
+        return answer.to_bytes()
+
+    def _b_answered(self, call: Call, leg: Leg, response: Response, tx: ClientTransaction) -> None:
+        assert leg.invite is not None
+        if leg.dialog is None or leg.dialog.remote_tag != parse_name_addr(response.first("To")).tag:
+            self._unindex(leg)
+            leg.dialog = Dialog.uac(leg.invite, response)
+        else:
+            leg.dialog.update_remote_target(response)
+        self._index(leg)
+        leg.dest, leg.transport = self._dialog_dest(leg)
+        cseq, _ = response.cseq
+        ack = leg.dialog.create_ack(cseq, via=self.stack.via(leg.transport))
+        self.stack.send_ack(tx, ack)
+        a = call.a
+        assert a is not None
+        if call.ended or call.b is not None or a.state not in (LegState.TRYING, LegState.EARLY):
+            # Too late (caller gone, or another fork won): hang this one up (RFC 3261 16.7).
+            leg.state = LegState.CONFIRMED
+            self._send_bye(leg)
+            return
+        leg.state = LegState.CONFIRMED
+        leg.final_status = response.status
+        leg.outcome = Outcome.ANSWERED
+        leg.q850 = 16
+        leg.answered_at = time.time()
+        call.b = leg
+        if call.ring_timer is not None:
+            call.ring_timer.cancel()
+        for other in call.forks:
+            if other is not leg and other.state in (LegState.TRYING, LegState.EARLY):
+                other.outcome = Outcome.CANCELED
+                self._cancel_fork(other)
+        if not self._apply_b_answer(call, leg, response) and not call.early_answered:
+            # A 2xx without a usable answer to our offer: the call cannot carry media.
+            self._send_bye(leg)
+            self._fail_a(call, 488, "Not Acceptable Here")
+            return
+        body = self._a_answer_sdp(call)
+        call.answered_at = leg.answered_at
+        a.answered_at = leg.answered_at
+        a.state = LegState.CONFIRMED
+        a.final_status = 200
+        a.outcome = Outcome.ANSWERED
+        self._respond(a, 200, body=body)
+        self._emit("answered", call, leg)
+        self._emit("bridged", call, leg)
+
+    def _dialog_dest(self, leg: Leg) -> tuple[Address, str]:
+        assert leg.dialog is not None
+        if leg.transport == "tcp" and self.stack.has_connection(leg.dest):
+            return leg.dest, "tcp"
+        try:
+            return self.resolve(leg.dialog.next_hop(), leg.transport)
+        except SipParseError:
+            return leg.dest, leg.transport
+
+    def _b_failed(self, call: Call, leg: Leg, response: Response) -> None:
+        status = response.status
+        if status in (401, 407) and self._retry_with_auth(leg, response):
+            return
+        leg.final_status = status
+        if leg.outcome is None:
+            leg.outcome = outcome_for(status)
+        leg.q850 = q850_for(status)
+        leg.state = LegState.TERMINATED
+        self._unindex(leg)
+        self._emit("leg-completed", call, leg)
+        pending = [f for f in call.forks if f.state in (LegState.TRYING, LegState.EARLY)]
+        if pending or call.b is not None or call.ended:
+            return
+        # Every fork failed: pass the best response back (RFC 3261 section 16.7 step 6).
+        finals = [f.final_status for f in call.forks if f.final_status]
+        best = _best_status([s for s in finals if s is not None]) or status
+        reason = response.reason if best == status else None
+        if best in (401, 407):
+            best, reason = 502, "Trunk authentication failed"
+        if best == 487 and not any(f.canceled for f in call.forks):
+            best = 480
+        self._fail_a(call, best, reason)
+
+    def _retry_with_auth(self, leg: Leg, response: Response) -> bool:
+        """Answer a trunk's challenge with that trunk's credentials, once."""
+        trunk = leg.trunk
+        if trunk is None or not trunk.username or leg.auth_tries >= 1 or leg.invite is None:
+            return False
+        header = "WWW-Authenticate" if response.status == 401 else "Proxy-Authenticate"
+        challenge = choose_challenge(response.headers.get_all(header))
+        if challenge is None:
+            return False
+        leg.auth_tries += 1
+        old = leg.invite
+        headers = old.headers.copy()
+        cseq, _ = old.cseq
+        headers.set("CSeq", f"{cseq + 1} INVITE")
+        headers.set("Via", self.stack.via(leg.transport))
+        auth_name = "Authorization" if response.status == 401 else "Proxy-Authorization"
+        headers.set(auth_name, DigestClient.answer(
+            challenge, method="INVITE", uri=old.uri, username=trunk.username,
+            password=trunk.password, cnonce=secrets.token_hex(8),
+        ))
+        invite = Request(method="INVITE", uri=old.uri, headers=headers, body=old.body)
+        leg.invite = invite
+        leg.client_tx = self.stack.send_request(invite, leg.dest, leg.transport, leg)
+        return True
+
+    def on_timeout(self, leg: Leg) -> None:
+        """A client INVITE transaction timed out (Timer B): treat as 408."""
+        if leg.state in (LegState.TRYING, LegState.EARLY):
+            timeout = Response(status=408, reason="Request Timeout")
+            self._b_failed(leg.call, leg, timeout)
+
+    # ---- ending --------------------------------------------------------------------------
+
+    def _ring_timeout(self, call: Call) -> None:
+        call.ring_timer = None
+        if call.b is not None or call.ended:
+            return
+        for fork in call.forks:
+            if fork.state in (LegState.TRYING, LegState.EARLY):
+                fork.outcome = Outcome.NO_ANSWER
+                self._cancel_fork(fork)
+        self._fail_a(call, 480, "No Answer", outcome=Outcome.NO_ANSWER)
+
+    def cancel_from_a(self, leg: Leg) -> None:
+        """The caller sent CANCEL (RFC 3261 section 9.2): 487 to A and CANCEL every fork."""
+        call = leg.call
+        if leg.state not in (LegState.TRYING, LegState.EARLY):
+            return
+        for fork in call.forks:
+            if fork.state in (LegState.TRYING, LegState.EARLY):
+                fork.outcome = Outcome.CANCELED
+                self._cancel_fork(fork)
+        self._fail_a(call, 487, "Request Terminated", outcome=Outcome.CANCELED)
+
+    def _cancel_fork(self, leg: Leg) -> None:
+        leg.canceled = True
+        if leg.got_provisional:
+            self._send_cancel(leg)
+        else:
+            # RFC 3261 section 9.1: no CANCEL before a provisional response has arrived.
+            leg.cancel_pending = True
+
+    def _send_cancel(self, leg: Leg) -> None:
+        if leg.invite is None or leg.state == LegState.TERMINATED:
+            return
+        leg.cancel_pending = False
+        cancel = create_cancel(leg.invite)
+        self.stack.send_request(cancel, leg.dest, leg.transport, None)
+
+    def _send_bye(self, leg: Leg) -> None:
+        if leg.dialog is None or leg.state == LegState.TERMINATED:
+            return
+        dest, transport = self._dialog_dest(leg) if leg.role == "uac" else (leg.dest, leg.transport)
+        bye = leg.dialog.create_request("BYE", via=self.stack.via(transport))
+        bye.headers.add("User-Agent", self.user_agent)
+        self.stack.send_request(bye, dest, transport, None)
+        leg.state = LegState.TERMINATED
+        leg.ended_at = time.time()
+        self._unindex(leg)
+
+    def on_bye(self, leg: Leg, request: Request, tx: ServerTransaction) -> None:
+        """BYE on either leg: 200, then BYE the other leg (RFC 3261 section 15.1.2)."""
+        self.stack.send_response(tx, build_response(request, 200))
+        call = leg.call
+        leg.state = LegState.TERMINATED
+        leg.ended_at = time.time()
+        self._unindex(leg)
+        self._emit("hangup", call, leg)
+        self._end_call(call)
+
+    def hangup(self, call: Call) -> None:
+        """End a call from the switch side (shutdown, API)."""
+        a = call.a
+        if a is not None and a.state in (LegState.TRYING, LegState.EARLY):
+            for fork in call.forks:
+                if fork.state in (LegState.TRYING, LegState.EARLY):
+                    fork.outcome = Outcome.CANCELED
+                    self._cancel_fork(fork)
+            self._fail_a(call, 503, "Service Unavailable")
+            return
+        self._end_call(call)
+
+    def _end_call(self, call: Call) -> None:
+        if call.ended:
+            return
+        call.ended = True
+        call.ended_at = time.time()
+        if call.ring_timer is not None:
+            call.ring_timer.cancel()
+            call.ring_timer = None
+        legs = ([call.a] if call.a else []) + call.forks
+        for leg in legs:
+            if leg.state == LegState.CONFIRMED:
+                self._send_bye(leg)
+            elif leg.state in (LegState.TRYING, LegState.EARLY) and leg.role == "uac":
+                if leg.outcome is None:
+                    leg.outcome = Outcome.CANCELED
+                self._cancel_fork(leg)
+            if leg.ended_at is None:
+                leg.ended_at = call.ended_at
+        self._release_media(call)
+        self.calls.pop(call.id, None)
+        self._emit("completed", call, None)
+
+    def _release_media(self, call: Call) -> None:
+        for ep in (call.a.rtp if call.a else None, call.b_rtp):
+            if ep is not None:
+                try:
+                    self.media.unbridge(ep)
+                except Exception:
+                    pass
+                ep.close()
+        if call.a is not None:
+            call.a.rtp = None
+        call.b_rtp = None
+
+    def on_ack_timeout(self, leg: Leg) -> None:
+        """Our 2xx to leg A was never ACKed (RFC 3261 section 13.3.1.4): end the call."""
+        self._end_call(leg.call)
+
+    # ---- other in-dialog requests ----------------------------------------------------------
+
+    def on_in_dialog(self, leg: Leg, request: Request, tx: ServerTransaction) -> None:
+        """re-INVITE, UPDATE, INFO, OPTIONS inside a call's dialog."""
+        assert leg.dialog is not None
+        method = request.method
+        if method == "INVITE" or (method == "UPDATE" and request.body):
+            # Session refresh / address change: answer from our own endpoint (the media stays
+            # anchored, so the other leg does not need to renegotiate).
+            body = b""
+            if request.body:
+                try:
+                    offer = SessionDescription.parse(request.body)
+                    codecs = negotiate(offer)
+                except (SdpError, SdpNegotiationError):
+                    self.stack.send_response(tx, build_response(request, 488))
+                    return
+                ep = leg.rtp if leg.rtp is not None else None
+                if ep is None:
+                    self.stack.send_response(tx, build_response(request, 488))
+                    return
+                ep.set_remote(remote_rtp_address(offer), codecs)
+                answer = build_answer(offer, ep.local_address[0], ep.local_address[1], codecs,
+                                      session_id=secrets.randbelow(2**31))
+                body = answer.to_bytes()
+            leg.dialog.update_remote_target(request)
+            extra = [("Contact", f"<{self.stack.contact_uri(leg.transport)}>"), ("Allow", ALLOW)]
+            if body:
+                extra.append(("Content-Type", "application/sdp"))
+            self.stack.send_response(
+                tx, build_response(request, 200, body=body, extra=extra)
+            )
+            return
+        self.stack.send_response(tx, build_response(request, 200, extra=[("Allow", ALLOW)]))
+
+    def on_ack(self, leg: Leg, request: Request) -> None:
+        """The ACK for our 2xx on leg A arrived."""
+        return None
+
+    async def shutdown(self) -> None:
+        """End every call (BYE answered calls, CANCEL/503 the rest)."""
+        self.accepting = False
+        for call in list(self.calls.values()):
+            self.hangup(call)
+
+
+def _best_status(statuses: list[int]) -> int | None:
+    """RFC 3261 section 16.7: prefer 6xx, then the lowest class, 408 least among 4xx."""
+    if not statuses:
+        return None
+    six = [s for s in statuses if s >= 600]
+    if six:
+        return six[0]
+
+    def rank(s: int) -> tuple[int, int]:
+        return (s // 100, 1 if s in (408, 487, 503) else 0)
+
+    return min(statuses, key=rank)
+
+
+__all__ = ["B2BUA", "Call", "ForkTarget", "Leg", "LegState", "Outcome"]

@@ -1,0 +1,116 @@
+"""Command line interface: ``softswitch run`` and ``softswitch check-config``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from switch.config import (
+    LOG_LEVELS,
+    Config,
+    ConfigError,
+    LogConfig,
+    default_config,
+    load_config,
+)
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130
+
+logger = logging.getLogger("switch")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and documentation)."""
+    parser = argparse.ArgumentParser(
+        prog="softswitch", description="Embeddable SIP softswitch (registrar, B2BUA, RTP relay)."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    config_help = "TOML configuration file (default: the bundled loopback-only default)"
+
+    run = sub.add_parser("run", help="run the softswitch until SIGINT/SIGTERM")
+    run.add_argument("-c", "--config", metavar="FILE", help=config_help)
+    run.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help=f"override [log] level ({', '.join(LOG_LEVELS)})",
+    )
+    run.set_defaults(handler=_cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("-c", "--config", metavar="FILE", help=config_help)
+    check.set_defaults(handler=_cmd_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status (2 for configuration errors)."""
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
+def _load(path: str | None) -> Config:
+    return default_config() if path is None else load_config(path)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        _load(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    print("OK")
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    if args.log_level:
+        config = dataclasses.replace(config, log=LogConfig(level=args.log_level))
+    level = config.log.level
+    logging.basicConfig(
+        level=getattr(logging, level),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    # Imported here so the CLI (and check-config) work without loading the whole switch.
+    from switch.app import run_switch  # type: ignore[import-not-found,unused-ignore]
+
+    try:
+        _run_async(run_switch(config))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # e.g. a listen port already in use
+        logger.error("cannot start: %s", exc)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _run_async(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` to completion on uvloop when available (Linux/macOS), else asyncio."""
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if sys.platform != "win32":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(coro)

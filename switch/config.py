@@ -1,0 +1,653 @@
+"""Softswitch configuration: TOML loaded and validated into frozen dataclasses.
+
+Every table and key is optional; omitted keys take the defaults documented on the
+dataclasses below (they match the bundled ``switch/default.toml``). Validation is strict:
+unknown keys are errors (they are almost always typos), and every error names the key path
+that caused it, e.g. ``config: trunks[0].port: must be 1..65535``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.resources
+import ipaddress
+import json
+import math
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import phonenumbers
+
+__all__ = [
+    "AuthConfig",
+    "CallsConfig",
+    "Config",
+    "ConfigError",
+    "Extension",
+    "HttpConfig",
+    "LogConfig",
+    "RegistrarConfig",
+    "Route",
+    "RtpConfig",
+    "SipConfig",
+    "StoreConfig",
+    "Trunk",
+    "default_config",
+    "load_config",
+    "parse_config",
+]
+
+TRANSPORTS = ("udp", "tcp")
+ALGORITHMS = ("SHA-256", "MD5")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+_EXTENSION_RE = re.compile(r"[0-9]+")
+_DID_RE = re.compile(r"\+?[0-9]+")
+_TRUNK_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+# RFC 1123 section 2.1 host names: dot-separated labels of letters, digits and hyphens.
+_HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: ``key_path`` says where, ``reason`` says why.
+
+    ``str(err)`` is ``"config: <key_path>: <reason>"``. For file-level problems (missing file,
+    TOML syntax error) ``key_path`` is the file path.
+    """
+
+    def __init__(self, key_path: str, reason: str) -> None:
+        super().__init__(key_path, reason)
+        self.key_path = key_path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"config: {self.key_path}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class SipConfig:
+    """``[sip]``: the SIP listener."""
+
+    address: str = "127.0.0.1"
+    port: int = 5060
+    transports: tuple[str, ...] = ("udp", "tcp")
+    realm: str = "softswitch"
+    user_agent: str = "softswitch/0.1"
+    max_forwards: int = 70
+
+
+@dataclass(frozen=True, slots=True)
+class RtpConfig:
+    """``[rtp]``: the media relay. Ports ``port_min..port_max`` inclusive; RTP even, RTCP +1."""
+
+    address: str = "127.0.0.1"
+    port_min: int = 20000
+    port_max: int = 20999
+    symmetric_latch: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """``[http]``: the health/management HTTP endpoint."""
+
+    address: str = "127.0.0.1"
+    port: int = 8080
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """``[auth]``: digest authentication (RFC 3261 section 22, RFC 8760)."""
+
+    nonce_lifetime: float = 300.0
+    algorithms: tuple[str, ...] = ALGORITHMS
+    secret: str = field(default="", repr=False)  # empty: a random secret per start
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrarConfig:
+    """``[registrar]``: REGISTER expiry policy (RFC 3261 section 10.3) and contact limit."""
+
+    min_expires: int = 60
+    max_expires: int = 3600
+    default_expires: int = 3600
+    max_contacts: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class CallsConfig:
+    """``[calls]``: call handling."""
+
+    ring_timeout: float = 60.0  # seconds before a ringing call is given up (no answer)
+    default_country: str = "TR"  # ISO 3166-1 region for parsing national numbers
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """``[store]``: persistent storage location."""
+
+    url: str = "sqlite:///softswitch.db"  # relative to the working directory
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """``[log]``: logging."""
+
+    level: str = "INFO"  # one of DEBUG, INFO, WARNING, ERROR
+
+
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """``[[extensions]]``: a local user that may REGISTER and place/receive calls."""
+
+    number: str  # digits only
+    password: str = field(repr=False)  # digest password, non-empty
+    name: str = ""  # optional display name
+
+
+@dataclass(frozen=True, slots=True)
+class Trunk:
+    """``[[trunks]]``: an upstream SIP peer (ITSP / PSTN gateway)."""
+
+    name: str
+    host: str  # IP address or host name
+    port: int = 5060
+    transport: str = "udp"
+    username: str = ""  # digest credentials used only toward this trunk; empty = no auth
+    password: str = field(default="", repr=False)
+    register: bool = False  # keep a registration with the trunk
+    register_expires: int = 600
+    from_user: str = ""  # user part of our From toward the trunk; empty = caller's number
+    # A peering trunk: calls from it to numbers that are not its DIDs are routed by [[routes]]
+    # (transit). Off by default, so a trunk cannot use the switch to reach other trunks.
+    transit: bool = False
+    # Inbound DID map: dialled number ("+E.164" or digits) -> extension number. Read-only.
+    dids: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """``[[routes]]``: outbound route; the first whose pattern matches the E.164 number wins."""
+
+    pattern: re.Pattern[str]  # compiled; use .search() on the E.164 number
+    trunk: str  # name of a configured trunk
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration."""
+
+    sip: SipConfig = field(default_factory=SipConfig)
+    rtp: RtpConfig = field(default_factory=RtpConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
+    calls: CallsConfig = field(default_factory=CallsConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    extensions: tuple[Extension, ...] = ()
+    trunks: tuple[Trunk, ...] = ()
+    routes: tuple[Route, ...] = ()
+
+    def extension(self, number: str) -> Extension | None:
+        """The extension with this number, or None."""
+        for ext in self.extensions:
+            if ext.number == number:
+                return ext
+        return None
+
+    def trunk(self, name: str) -> Trunk | None:
+        """The trunk with this name, or None."""
+        for trunk in self.trunks:
+            if trunk.name == name:
+                return trunk
+        return None
+
+    def route_for(self, number: str) -> Trunk | None:
+        """The trunk of the first route whose pattern matches ``number`` (E.164), or None."""
+        for route in self.routes:
+            if route.pattern.search(number):
+                return self.trunk(route.trunk)
+        return None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _join(path: str, key: str) -> str:
+    part = key if _BARE_KEY_RE.fullmatch(key) else json.dumps(key)
+    return f"{path}.{part}" if path else part
+
+
+def _type_name(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+class _Table:
+    """Typed, path-aware access to one TOML table; rejects keys outside ``allowed``."""
+
+    def __init__(self, data: object, path: str, allowed: Iterable[str]) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(path, f"must be a table, not {_type_name(data)}")
+        self.data: dict[str, Any] = data
+        self.path = path
+        allowed = tuple(allowed)
+        for key in data:
+            if key not in allowed:
+                reason = "unknown key"
+                close = difflib.get_close_matches(key, allowed, n=1)
+                if close:
+                    reason += f" (did you mean {close[0]!r}?)"
+                raise ConfigError(_join(path, key), reason)
+
+    def key(self, key: str) -> str:
+        return _join(self.path, key)
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def string(self, key: str, default: str, *, nonempty: bool = False) -> str:
+        value = self.data.get(key, default)
+        if not isinstance(value, str):
+            raise ConfigError(self.key(key), f"must be a string, not {_type_name(value)}")
+        if nonempty and not value:
+            raise ConfigError(self.key(key), "must not be empty")
+        return value
+
+    def required_string(self, key: str) -> str:
+        if key not in self.data:
+            raise ConfigError(self.key(key), "is required")
+        return self.string(key, "", nonempty=True)
+
+    def integer(self, key: str, default: int, lo: int, hi: int | None = None) -> int:
+        value = self.data.get(key, default)
+        # bool is an int subclass in Python; TOML true/false is never a valid number here.
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(self.key(key), f"must be an integer, not {_type_name(value)}")
+        if hi is not None and not lo <= value <= hi:
+            raise ConfigError(self.key(key), f"must be {lo}..{hi}")
+        if value < lo:
+            raise ConfigError(self.key(key), f"must be >= {lo}")
+        return value
+
+    def port(self, key: str, default: int) -> int:
+        return self.integer(key, default, 1, 65535)
+
+    def positive_number(self, key: str, default: float) -> float:
+        value = self.data.get(key, default)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(self.key(key), f"must be a number, not {_type_name(value)}")
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(self.key(key), "must be a positive number")
+        return float(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(self.key(key), f"must be a boolean, not {_type_name(value)}")
+        return value
+
+    def choices(
+        self, key: str, default: tuple[str, ...], allowed: tuple[str, ...]
+    ) -> tuple[str, ...]:
+        """A non-empty, duplicate-free array of strings from ``allowed`` (case-insensitive)."""
+        value = self.data.get(key, list(default))
+        if not isinstance(value, list):
+            raise ConfigError(self.key(key), f"must be an array, not {_type_name(value)}")
+        if not value:
+            raise ConfigError(self.key(key), "must not be empty")
+        canonical = {a.lower(): a for a in allowed}
+        result: list[str] = []
+        for i, item in enumerate(value):
+            path = f"{self.key(key)}[{i}]"
+            if not isinstance(item, str):
+                raise ConfigError(path, f"must be a string, not {_type_name(item)}")
+            name = canonical.get(item.lower())
+            if name is None:
+                raise ConfigError(
+                    path, f"unsupported {item!r} (expected one of {', '.join(allowed)})"
+                )
+            if name in result:
+                raise ConfigError(path, f"duplicate {name!r}")
+            result.append(name)
+        return tuple(result)
+
+    def array_of_tables(self, key: str) -> list[tuple[str, object]]:
+        value = self.data.get(key, [])
+        if not isinstance(value, list):
+            raise ConfigError(
+                self.key(key), f"must be an array of tables ([[{key}]]), not {_type_name(value)}"
+            )
+        return [(f"{self.key(key)}[{i}]", item) for i, item in enumerate(value)]
+
+
+def _address(table: _Table, key: str, default: str, *, allow_unspecified: bool) -> str:
+    text = table.string(key, default, nonempty=True)
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        raise ConfigError(table.key(key), f"not an IP address: {text!r}") from None
+    if ip.is_unspecified and not allow_unspecified:
+        # The SIP and RTP addresses are advertised in Via/Contact/SDP c= lines, so a
+        # wildcard address would be unroutable for peers.
+        raise ConfigError(table.key(key), "must be a specific address, not a wildcard")
+    return str(ip)
+
+
+def _host(table: _Table, key: str) -> str:
+    text = table.required_string(key)
+    try:
+        return str(ipaddress.ip_address(text.strip("[]") if text.startswith("[") else text))
+    except ValueError:
+        pass
+    labels = text[:-1].split(".") if text.endswith(".") else text.split(".")
+    if len(text) > 253 or not all(_HOST_LABEL_RE.fullmatch(label) for label in labels):
+        raise ConfigError(table.key(key), f"not an IP address or host name: {text!r}")
+    return text.lower()
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _parse_sip(data: object) -> SipConfig:
+    t = _Table(
+        data, "sip", ("address", "port", "transports", "realm", "user_agent", "max_forwards")
+    )
+    d = SipConfig()
+    return SipConfig(
+        address=_address(t, "address", d.address, allow_unspecified=False),
+        port=t.port("port", d.port),
+        transports=t.choices("transports", d.transports, TRANSPORTS),
+        realm=t.string("realm", d.realm, nonempty=True),
+        user_agent=t.string("user_agent", d.user_agent, nonempty=True),
+        # RFC 3261 section 20.22: Max-Forwards is 0..255; we need at least 1 to forward.
+        max_forwards=t.integer("max_forwards", d.max_forwards, 1, 255),
+    )
+
+
+def _parse_rtp(data: object) -> RtpConfig:
+    t = _Table(data, "rtp", ("address", "port_min", "port_max", "symmetric_latch"))
+    d = RtpConfig()
+    port_min = t.port("port_min", d.port_min)
+    port_max = t.port("port_max", d.port_max)
+    # RFC 3550 section 11: RTP uses an even port and RTCP the next (odd) one.
+    if port_min % 2:
+        raise ConfigError("rtp.port_min", "must be even (RTP even, RTCP odd)")
+    if port_min >= port_max:
+        raise ConfigError("rtp.port_max", "must be greater than rtp.port_min")
+    if port_max - port_min + 1 < 2:  # pragma: no cover - implied by the checks above
+        raise ConfigError("rtp.port_max", "range must hold at least one RTP/RTCP pair")
+    return RtpConfig(
+        address=_address(t, "address", d.address, allow_unspecified=False),
+        port_min=port_min,
+        port_max=port_max,
+        symmetric_latch=t.boolean("symmetric_latch", d.symmetric_latch),
+    )
+
+
+def _parse_http(data: object) -> HttpConfig:
+    t = _Table(data, "http", ("address", "port", "enabled"))
+    d = HttpConfig()
+    return HttpConfig(
+        address=_address(t, "address", d.address, allow_unspecified=True),
+        port=t.port("port", d.port),
+        enabled=t.boolean("enabled", d.enabled),
+    )
+
+
+def _parse_auth(data: object) -> AuthConfig:
+    t = _Table(data, "auth", ("nonce_lifetime", "algorithms", "secret"))
+    d = AuthConfig()
+    return AuthConfig(
+        nonce_lifetime=t.positive_number("nonce_lifetime", d.nonce_lifetime),
+        # RFC 8760: SHA-256 and MD5 are the algorithms we implement.
+        algorithms=t.choices("algorithms", d.algorithms, ALGORITHMS),
+        secret=t.string("secret", d.secret),
+    )
+
+
+def _parse_registrar(data: object) -> RegistrarConfig:
+    t = _Table(data, "registrar", ("min_expires", "max_expires", "default_expires", "max_contacts"))
+    d = RegistrarConfig()
+    min_expires = t.integer("min_expires", d.min_expires, 1)
+    max_expires = t.integer("max_expires", d.max_expires, 1)
+    if max_expires < min_expires:
+        raise ConfigError("registrar.max_expires", "must be >= registrar.min_expires")
+    default_expires = t.integer("default_expires", d.default_expires, 1)
+    if not min_expires <= default_expires <= max_expires:
+        raise ConfigError(
+            "registrar.default_expires",
+            f"must be between min_expires ({min_expires}) and max_expires ({max_expires})",
+        )
+    return RegistrarConfig(
+        min_expires=min_expires,
+        max_expires=max_expires,
+        default_expires=default_expires,
+        max_contacts=t.integer("max_contacts", d.max_contacts, 1),
+    )
+
+
+def _parse_calls(data: object) -> CallsConfig:
+    t = _Table(data, "calls", ("ring_timeout", "default_country"))
+    d = CallsConfig()
+    country = t.string("default_country", d.default_country, nonempty=True).upper()
+    if country not in phonenumbers.SUPPORTED_REGIONS:
+        raise ConfigError(
+            "calls.default_country", f"unknown region {country!r} (expected e.g. 'TR', 'US', 'DE')"
+        )
+    return CallsConfig(
+        ring_timeout=t.positive_number("ring_timeout", d.ring_timeout),
+        default_country=country,
+    )
+
+
+def _parse_store(data: object) -> StoreConfig:
+    t = _Table(data, "store", ("url",))
+    return StoreConfig(url=t.string("url", StoreConfig().url, nonempty=True))
+
+
+def _parse_log(data: object) -> LogConfig:
+    t = _Table(data, "log", ("level",))
+    level = t.string("level", LogConfig().level, nonempty=True).upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError("log.level", f"must be one of {', '.join(LOG_LEVELS)}")
+    return LogConfig(level=level)
+
+
+def _parse_extensions(root: _Table) -> tuple[Extension, ...]:
+    result: list[Extension] = []
+    seen: dict[str, str] = {}
+    for path, item in root.array_of_tables("extensions"):
+        t = _Table(item, path, ("number", "password", "name"))
+        if t.has("number") and not isinstance(t.data["number"], str):
+            raise ConfigError(t.key("number"), "must be a string of digits (quote it)")
+        number = t.required_string("number")
+        if not _EXTENSION_RE.fullmatch(number):
+            raise ConfigError(t.key("number"), "must contain digits only")
+        if number in seen:
+            raise ConfigError(
+                t.key("number"), f"duplicate extension {number!r} (see {seen[number]})"
+            )
+        seen[number] = path
+        result.append(
+            Extension(
+                number=number, password=t.required_string("password"), name=t.string("name", "")
+            )
+        )
+    return tuple(result)
+
+
+def _parse_trunks(
+    root: _Table, sip: SipConfig, extensions: tuple[Extension, ...]
+) -> tuple[Trunk, ...]:
+    numbers = {ext.number for ext in extensions}
+    result: list[Trunk] = []
+    seen: dict[str, str] = {}
+    allowed = (
+        "name", "host", "port", "transport", "username", "password", "register",
+        "register_expires", "from_user", "dids", "transit",
+    )  # fmt: skip
+    for path, item in root.array_of_tables("trunks"):
+        t = _Table(item, path, allowed)
+        name = t.required_string("name")
+        if not _TRUNK_NAME_RE.fullmatch(name):
+            raise ConfigError(t.key("name"), "must contain only letters, digits, '_', '.', '-'")
+        if name in seen:
+            raise ConfigError(t.key("name"), f"duplicate trunk {name!r} (see {seen[name]})")
+        seen[name] = path
+        host = _host(t, "host")
+        port = t.port("port", 5060)
+        transport = t.string("transport", "udp", nonempty=True).lower()
+        if transport not in TRANSPORTS:
+            raise ConfigError(t.key("transport"), f"must be one of {', '.join(TRANSPORTS)}")
+        if transport not in sip.transports:
+            raise ConfigError(t.key("transport"), f"{transport!r} is not enabled in sip.transports")
+        username = t.string("username", "")
+        password = t.string("password", "")
+        if username and not password:
+            raise ConfigError(t.key("password"), "must not be empty when username is set")
+        if password and not username:
+            raise ConfigError(t.key("username"), "must not be empty when password is set")
+        register = t.boolean("register", False)
+        if register and not username:
+            raise ConfigError(t.key("username"), "is required when register = true")
+        register_expires = t.integer("register_expires", 600, 1)
+        from_user = t.string("from_user", "")
+        dids = _parse_dids(t, numbers)
+        transit = t.boolean("transit", False)
+        result.append(
+            Trunk(
+                name=name,
+                host=host,
+                port=port,
+                transport=transport,
+                username=username,
+                password=password,
+                register=register,
+                register_expires=register_expires,
+                from_user=from_user,
+                dids=dids,
+                transit=transit,
+            )
+        )
+    return tuple(result)
+
+
+def _parse_dids(trunk: _Table, numbers: set[str]) -> Mapping[str, str]:
+    value = trunk.data.get("dids", {})
+    if not isinstance(value, dict):
+        raise ConfigError(trunk.key("dids"), f"must be a table, not {_type_name(value)}")
+    dids: dict[str, str] = {}
+    for did, target in value.items():
+        path = f"{trunk.key('dids')}[{json.dumps(did)}]"
+        if not _DID_RE.fullmatch(did):
+            raise ConfigError(path, "DID must be digits with an optional leading '+'")
+        if not isinstance(target, str):
+            raise ConfigError(path, f"must be an extension number string, not {_type_name(target)}")
+        if target not in numbers:
+            raise ConfigError(path, f"unknown extension {target!r}")
+        dids[did] = target
+    return MappingProxyType(dids)
+
+
+def _parse_routes(root: _Table, trunks: tuple[Trunk, ...]) -> tuple[Route, ...]:
+    names = {trunk.name for trunk in trunks}
+    result: list[Route] = []
+    for path, item in root.array_of_tables("routes"):
+        t = _Table(item, path, ("pattern", "trunk"))
+        text = t.required_string("pattern")
+        try:
+            pattern = re.compile(text)
+        except re.error as exc:
+            raise ConfigError(t.key("pattern"), f"invalid regular expression: {exc}") from None
+        trunk = t.required_string("trunk")
+        if trunk not in names:
+            raise ConfigError(t.key("trunk"), f"unknown trunk {trunk!r}")
+        result.append(Route(pattern=pattern, trunk=trunk))
+    return tuple(result)
+
+
+# --------------------------------------------------------------------------- public API
+
+_SECTIONS = (
+    "sip", "rtp", "http", "auth", "registrar", "calls", "store", "log",
+    "extensions", "trunks", "routes",
+)  # fmt: skip
+
+
+def parse_config(data: Mapping[str, Any]) -> Config:
+    """Validate a parsed TOML document (a dict) into a :class:`Config`.
+
+    Raises :class:`ConfigError` naming the first offending key.
+    """
+    root = _Table(dict(data), "", _SECTIONS)
+    get = root.data.get
+    sip = _parse_sip(get("sip", {}))
+    extensions = _parse_extensions(root)
+    trunks = _parse_trunks(root, sip, extensions)
+    return Config(
+        sip=sip,
+        rtp=_parse_rtp(get("rtp", {})),
+        http=_parse_http(get("http", {})),
+        auth=_parse_auth(get("auth", {})),
+        registrar=_parse_registrar(get("registrar", {})),
+        calls=_parse_calls(get("calls", {})),
+        store=_parse_store(get("store", {})),
+        log=_parse_log(get("log", {})),
+        extensions=extensions,
+        trunks=trunks,
+        routes=_parse_routes(root, trunks),
+    )
+
+
+def load_config(path: str | PathLike[str]) -> Config:
+    """Read and validate a TOML configuration file.
+
+    A missing/unreadable file or a TOML syntax error raises :class:`ConfigError` whose
+    ``key_path`` is the file path.
+    """
+    name = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(name, "file not found") from None
+    except OSError as exc:
+        raise ConfigError(name, f"cannot read: {exc.strerror or exc}") from None
+    return _parse_bytes(raw, name)
+
+
+def default_config() -> Config:
+    """The bundled safe default (``switch/default.toml``): loopback only, no trunks."""
+    raw = importlib.resources.files("switch").joinpath("default.toml").read_bytes()
+    return _parse_bytes(raw, "switch/default.toml")
+
+
+def _parse_bytes(raw: bytes, name: str) -> Config:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(name, f"not UTF-8: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(name, f"invalid TOML: {exc}") from None
+    return parse_config(data)
