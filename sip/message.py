@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from sip.errors import SipParseError
+from sip.uri import parse_name_addr
 
 # RFC 3261 section 7.3.3: compact forms.
 COMPACT_FORMS: dict[str, str] = {
@@ -343,6 +344,14 @@ REASONS: dict[int, str] = {
 }
 
 
+def _has_tag(to_value: str) -> bool:
+    """True if a To/From value carries a tag parameter (parsed, RFC 3261 section 19.3)."""
+    try:
+        return parse_name_addr(to_value).tag is not None
+    except SipParseError:
+        return ";tag=" in to_value.lower().replace(" ", "")
+
+
 def build_response(
     request: Request,
     status: int,
@@ -359,13 +368,13 @@ def build_response(
     Record-Route is copied for responses that can establish a dialog (RFC 3261 section 12.1.1).
     """
     headers = Headers()
-    for value in request.headers.get_all("Via"):
-        headers.add("Via", value)
+    for via in request.headers.get_all("Via"):
+        headers.add("Via", via)
     for name in ("From", "To", "Call-ID", "CSeq"):
         value = request.headers.get(name)
         if value is None:
             continue
-        if name == "To" and to_tag and status != 100 and ";tag=" not in value.lower().replace(" ", ""):
+        if name == "To" and to_tag and status != 100 and not _has_tag(value):
             value = f"{value};tag={to_tag}"
         headers.add(name, value)
     if request.method in ("INVITE", "SUBSCRIBE") and 100 < status < 300:

@@ -17,8 +17,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sip.dialog import Dialog, create_cancel
-
 from media.engine import MediaEngine, RtpEndpoint
 from media.sdp import (
     Codec,
@@ -31,6 +29,7 @@ from media.sdp import (
     negotiate,
     remote_rtp_address,
 )
+from sip.dialog import Dialog, create_cancel
 from sip.digest import DigestClient, choose_challenge
 from sip.errors import SipParseError
 from sip.message import Headers, Request, Response, build_response
@@ -317,7 +316,13 @@ class B2BUA:
             self._release_media(call)
             return
         a.codecs = codecs_a
-        a.rtp.set_remote(remote_rtp_address(offer), codecs_a)
+        try:
+            a.rtp.set_remote(remote_rtp_address(offer), codecs_a)
+        except ValueError:
+            # c= names a host name or the other address family: we cannot send there.
+            self._release_media(call)
+            self._fail_a(call, 488, "Unusable media address")
+            return
         a.local_sdp = None
         b_offer = build_offer(
             call.b_rtp.local_address[0], call.b_rtp.local_address[1], codecs_a,
@@ -429,7 +434,10 @@ class B2BUA:
             return False
         leg.codecs = codecs
         leg.rtp = call.b_rtp
-        call.b_rtp.set_remote(remote_rtp_address(answer), codecs)
+        try:
+            call.b_rtp.set_remote(remote_rtp_address(answer), codecs)
+        except ValueError:
+            return False
         self.media.bridge(call.a.rtp, call.b_rtp)
         return True
 
@@ -693,9 +701,13 @@ class B2BUA:
                 if ep is None:
                     self.stack.send_response(tx, build_response(request, 488))
                     return
-                ep.set_remote(remote_rtp_address(offer), codecs)
-                answer = build_answer(offer, ep.local_address[0], ep.local_address[1], codecs,
-                                      session_id=secrets.randbelow(2**31))
+                try:
+                    ep.set_remote(remote_rtp_address(offer), codecs)
+                    answer = build_answer(offer, ep.local_address[0], ep.local_address[1],
+                                          codecs, session_id=secrets.randbelow(2**31))
+                except (ValueError, SdpError):
+                    self.stack.send_response(tx, build_response(request, 488))
+                    return
                 body = answer.to_bytes()
             leg.dialog.update_remote_target(request)
             extra = [("Contact", f"<{self.stack.contact_uri(leg.transport)}>"), ("Allow", ALLOW)]
