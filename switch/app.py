@@ -18,7 +18,7 @@ from collections import Counter
 from typing import Any
 
 from media.engine import MediaEngine
-from sip.digest import DigestClient, DigestServer, choose_challenge
+from sip.digest import DigestClient, DigestServer, choose_challenge, parse_auth_header
 from sip.errors import SipParseError
 from sip.message import Headers, Request, Response, build_response
 from sip.stack import SipStack, new_tag
@@ -237,7 +237,11 @@ class Switch:
         """
         is_register = kind == "REGISTER"
         header = "Authorization" if is_register else "Proxy-Authorization"
-        credentials = request.headers.get_all(header)
+        # Credentials in another scheme or for another realm are not for us (RFC 3261
+        # section 22.1; RFC 4475 section 3.3.3 "regaut01"): challenge as if they were absent.
+        credentials = [
+            v for v in request.headers.get_all(header) if self._is_our_digest(v)
+        ]
         stale = False
         for value in credentials:
             result = self.digest.verify(
@@ -253,6 +257,13 @@ class Switch:
         challenge_header = "WWW-Authenticate" if is_register else "Proxy-Authenticate"
         extra = [(challenge_header, c) for c in self.digest.challenges(now, stale=stale)]
         return build_response(request, status, to_tag=new_tag(), extra=extra)
+
+    def _is_our_digest(self, value: str) -> bool:
+        try:
+            scheme, params = parse_auth_header(value)
+        except ValueError:
+            return True  # malformed Digest: verify() reports it and it counts as a failure
+        return scheme.lower() == "digest" and params.get("realm") == self.config.sip.realm
 
     # ---- SIP event dispatch -----------------------------------------------------------------
 
@@ -301,6 +312,16 @@ class Switch:
         except SipParseError as exc:
             self.stack.send_response(tx, build_response(request, 400, exc.reason))
             return
+        if method not in ("ACK", "CANCEL"):
+            unsupported = _unsupported_requirements(request)
+            if unsupported:
+                # RFC 3261 section 8.2.2.3: we support no option tags a request may require.
+                self.stack.send_response(
+                    tx,
+                    build_response(request, 420, to_tag=None if to_tag else new_tag(),
+                                   extra=[("Unsupported", ", ".join(unsupported))]),
+                )
+                return
         if to_tag:
             self._in_dialog(request, tx)
             return
@@ -434,6 +455,13 @@ class Switch:
                 dest, transport = binding.source, "tcp"
             forks.append(ForkTarget(binding.contact, to_uri, dest, transport))
         return forks
+
+
+def _unsupported_requirements(request: Request) -> list[str]:
+    tags: list[str] = []
+    for value in request.headers.get_all("Require"):
+        tags.extend(t.strip() for t in value.split(",") if t.strip())
+    return tags
 
 
 async def run_switch(config: Config) -> None:

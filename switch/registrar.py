@@ -114,7 +114,8 @@ class Registrar:
         try:
             to = parse_name_addr(request.first("To"))
         except SipParseError as exc:
-            return build_response(request, 400, exc.reason, to_tag=tag)
+            # 416 when the To URI has a scheme we do not serve (RFC 4475 section 3.3.4).
+            return build_response(request, exc.status, exc.reason, to_tag=tag)
         aor = to.uri.user or ""
         # Authenticate before saying anything about the AOR, so unknown and known users get
         # the same answer (no extension enumeration).
