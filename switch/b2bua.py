@@ -595,6 +595,8 @@ class B2BUA:
         self._fail_a(call, 487, "Request Terminated", outcome=Outcome.CANCELED)
 
     def _cancel_fork(self, leg: Leg) -> None:
+        if leg.canceled:
+            return  # RFC 3261 section 9.1: one CANCEL per INVITE (its transaction retransmits)
         leg.canceled = True
         if leg.got_provisional:
             self._send_cancel(leg)
@@ -652,12 +654,16 @@ class B2BUA:
             call.ring_timer = None
         legs = ([call.a] if call.a else []) + call.forks
         for leg in legs:
-            if leg.state == LegState.CONFIRMED:
-                self._send_bye(leg)
-            elif leg.state in (LegState.TRYING, LegState.EARLY) and leg.role == "uac":
-                if leg.outcome is None:
-                    leg.outcome = Outcome.CANCELED
-                self._cancel_fork(leg)
+            try:
+                if leg.state == LegState.CONFIRMED:
+                    self._send_bye(leg)
+                elif leg.state in (LegState.TRYING, LegState.EARLY) and leg.role == "uac":
+                    if leg.outcome is None:
+                        leg.outcome = Outcome.CANCELED
+                    self._cancel_fork(leg)
+            except Exception:
+                # One leg that cannot be torn down must not leak the call and its ports.
+                log.exception("ending leg %s of call %s failed", leg.id, call.id)
             if leg.ended_at is None:
                 leg.ended_at = call.ended_at
         self._release_media(call)
