@@ -326,16 +326,25 @@ class StreamFramer:
     should be closed. CRLFs between messages (RFC 5626 keepalives) are skipped.
     """
 
-    __slots__ = ("_buf", "_max", "_need", "_scanned")
+    __slots__ = ("_buf", "_max", "_need", "_scanned", "error")
 
     def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self._buf = bytearray()
         self._max = max_message_bytes
         self._need: int | None = None  # total length of the current message once known
         self._scanned = 0  # bytes of the current header section already searched
+        self.error: SipParseError | None = None  # set once the stream cannot be framed
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Add received bytes; return every message completed by them (raw bytes)."""
+        """Add received bytes; return every message completed by them (raw bytes).
+
+        When the stream cannot be framed any further, the messages completed before the bad
+        bytes are still returned and :attr:`error` is set (the caller answers them, then
+        closes the connection: RFC 3261 section 18.3 gives no way to resynchronise). Feeding
+        again after an error raises that error.
+        """
+        if self.error is not None:
+            raise self.error
         self._buf += data
         out: list[bytes] = []
         buf = self._buf
@@ -343,7 +352,13 @@ class StreamFramer:
             if self._need is None:
                 if not self._skip_keepalives():
                     break
-                need = self._find_head()
+                try:
+                    need = self._find_head()
+                except SipParseError as exc:
+                    self.error = exc
+                    if not out:
+                        raise
+                    break
                 if need is None:
                     break
                 self._need = need

@@ -98,6 +98,11 @@ class _TcpConnection(asyncio.Protocol):
             return
         for raw in messages:
             self._stack._received(raw, self.peer, "tcp")
+        if self._framer.error is not None:
+            # Answer what was framed before the bad bytes, then give up on the stream.
+            self._stack.counters["tcp_framing_errors"] += 1
+            if self.transport is not None:
+                self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stack._tcp_lost(self)

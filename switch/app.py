@@ -310,7 +310,8 @@ class Switch:
         try:
             to_tag = parse_name_addr(request.first("To")).tag
         except SipParseError as exc:
-            self.stack.send_response(tx, build_response(request, 400, exc.reason))
+            # 416 for a To URI in a scheme we do not serve (RFC 4475 section 3.3.4).
+            self.stack.send_response(tx, build_response(request, exc.status, exc.reason))
             return
         if method not in ("ACK", "CANCEL"):
             unsupported = _unsupported_requirements(request)

@@ -554,3 +554,16 @@ def test_framer_size_limit() -> None:
     with pytest.raises(SipParseError):
         for _ in range(100):
             framer.feed(b"X-Header-Without-End: " + b"a" * 50 + b"\r\n")
+
+
+def test_framer_returns_messages_completed_before_a_framing_error() -> None:
+    good = (
+        b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nTo: <sip:a@b>\r\n"
+        b"From: <sip:c@d>;tag=1\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+    framer = StreamFramer()
+    out = framer.feed(good + b"C\r\n\r\n")  # stray bytes with no Content-Length follow
+    assert out == [good]
+    assert framer.error is not None
+    with pytest.raises(SipParseError):
+        framer.feed(good)
