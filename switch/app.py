@@ -15,9 +15,14 @@ import logging
 import secrets
 import signal
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from media.engine import MediaEngine
+from media.playback import PlaybackHandle
+from media.prompts import PromptLibrary
+from media.wav import Prompt, load_prompt
 from sip.digest import DigestClient, DigestServer, choose_challenge, parse_auth_header
 from sip.errors import SipParseError
 from sip.message import Headers, Request, Response, build_response
@@ -33,7 +38,7 @@ from sip.transaction import (
     TransportFailure,
 )
 from sip.uri import parse_name_addr, parse_uri
-from switch.b2bua import ALLOW, B2BUA, ForkTarget, Leg
+from switch.b2bua import ALLOW, B2BUA, Call, CallEvent, ForkTarget, Leg
 from switch.config import Config, Trunk
 from switch.registrar import LocationService, Registrar
 from switch.routing import ExtensionTarget, Router, TrunkTarget, Unroutable
@@ -163,9 +168,16 @@ class Switch:
             max_contacts=config.registrar.max_contacts,
             new_tag=new_tag,
         )
+        self._subscribers: list[Callable[[CallEvent], object]] = []
+        self.prompts = PromptLibrary(
+            {k: Path(v) for k, v in config.prompts.files.items()},
+            default_lang=config.prompts.language,
+        )
         self.b2bua = B2BUA(
             self.stack, self.media, ring_timeout=float(config.calls.ring_timeout),
             user_agent=config.sip.user_agent, max_forwards=config.sip.max_forwards,
+            on_event=self._publish, inband_dtmf=config.calls.inband_dtmf,
+            record_dir=Path(config.calls.recordings_dir), record_calls=config.calls.record,
         )
         self._trunk_sources = {
             (t.host, t.port): t for t in config.trunks
@@ -225,6 +237,91 @@ class Switch:
             "sip": self.stack.running,
             "rtp": self.media.running,
         }
+
+    # ---- call control (Python API) -------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[CallEvent], object]) -> Callable[[], None]:
+        """Call ``callback`` with every :class:`CallEvent`, in order; returns an unsubscriber.
+
+        Callbacks run on the event loop and must not block; an exception in one is logged and
+        does not reach the switch.
+        """
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def _publish(self, event: CallEvent) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(event)
+            except Exception:
+                log.exception("event subscriber failed")
+
+    def _leg(self, leg_id: str) -> Leg:
+        leg = self.b2bua.legs.get(leg_id)
+        if leg is None:
+            raise KeyError(f"no such leg: {leg_id}")
+        return leg
+
+    def _call(self, call_id: str) -> Call:
+        call = self.b2bua.calls.get(call_id)
+        if call is None:
+            raise KeyError(f"no such call: {call_id}")
+        return call
+
+    def play(
+        self, leg_id: str, prompt: str | Path | Prompt, *, loop: bool = False,
+        barge_in: bool = False, language: str | None = None,
+    ) -> PlaybackHandle:
+        """Play a prompt to a leg: a built-in or configured prompt name (``"connecting"``,
+        ``"es/connecting"``), a WAV file path, or a loaded :class:`Prompt`. While it plays, the
+        other leg's audio is not relayed to this leg. ``barge_in``: the leg's first DTMF digit
+        stops it."""
+        leg = self._leg(leg_id)
+        if leg.media is None:
+            raise RuntimeError("the leg has no media yet (not answered)")
+        if isinstance(prompt, Prompt):
+            loaded = prompt
+        elif isinstance(prompt, Path) or str(prompt).lower().endswith(".wav"):
+            loaded = load_prompt(Path(prompt))
+        else:
+            loaded = self.prompts.load(str(prompt), language)
+        return leg.media.play(loaded, loop=loop, barge_in=barge_in)
+
+    def stop_playback(self, leg_id: str) -> None:
+        """Stop every prompt playing or queued for a leg."""
+        leg = self._leg(leg_id)
+        if leg.media is not None:
+            leg.media.stop_playback()
+
+    def send_dtmf(self, leg_id: str, digits: str, *, duration_ms: int = 100) -> float:
+        """Send DTMF digits to a leg (RFC 4733 if negotiated, else in-band tones); returns
+        the seconds until the last digit is out."""
+        if not digits or any(d not in "0123456789*#ABCD" for d in digits):
+            raise ValueError(f"not DTMF digits: {digits!r}")
+        leg = self._leg(leg_id)
+        if leg.media is None:
+            raise RuntimeError("the leg has no media yet (not answered)")
+        return leg.media.send_dtmf(digits, duration_ms=duration_ms)
+
+    def record(self, call_id: str, path: str | Path | None = None, *,
+               stereo: bool = True) -> Path:
+        """Start recording a call (stereo: one channel per leg); returns the file path. A
+        ``recording-ready`` event with its metadata follows when the call ends."""
+        call = self._call(call_id)
+        target = Path(path) if path is not None else (
+            Path(self.config.calls.recordings_dir) / f"{call.id}.wav"
+        )
+        self.b2bua.start_recording(call, target, stereo=stereo)
+        return target
+
+    def hangup(self, call_id: str) -> None:
+        """End a call: BYE answered legs, CANCEL/503 ringing ones."""
+        self.b2bua.hangup(self._call(call_id))
 
     # ---- authentication ---------------------------------------------------------------------
 

@@ -16,8 +16,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+from media.dtmf import DtmfEvent
 from media.engine import MediaEngine, RtpEndpoint
+from media.recording import CallRecorder
 from media.sdp import (
     Codec,
     SdpError,
@@ -37,6 +41,7 @@ from sip.stack import SipStack, new_tag
 from sip.transaction import ClientTransaction, ServerTransaction
 from sip.uri import parse_name_addr, parse_uri
 from switch.config import Trunk
+from switch.legmedia import LegMedia
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +91,18 @@ def outcome_for(status: int, *, no_answer: bool = False, canceled: bool = False)
     return Outcome.FAILED
 
 
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    """One event of a call, in order: ``seq`` increases by one per event switch-wide."""
+
+    seq: int
+    time: float  # Unix time
+    name: str  # initiated, ringing, early-media, answered, bridged, dtmf, hangup, completed, ...
+    call_id: str
+    leg_id: str | None
+    data: dict[str, Any]
+
+
 class LegState(enum.StrEnum):
     """Where a leg's INVITE dialog stands."""
 
@@ -123,6 +140,8 @@ class Leg:
     target: str = ""
     answered_at: float | None = None
     ended_at: float | None = None
+    media: LegMedia | None = None
+    digits: list[str] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -143,6 +162,8 @@ class Call:
     b_rtp: RtpEndpoint | None = None
     early_answered: bool = False
     max_forwards: int = 70
+    recorders: list[CallRecorder] = field(default_factory=list)
+    recordings: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +188,10 @@ class B2BUA:
         ring_timeout: float,
         user_agent: str,
         max_forwards: int,
-        on_event: Callable[[str, Call, Leg | None], None] | None = None,
+        on_event: Callable[[CallEvent], None] | None = None,
+        inband_dtmf: str = "auto",
+        record_dir: Path | None = None,
+        record_calls: bool = False,
     ) -> None:
         self.stack = stack
         self.media = media
@@ -178,15 +202,57 @@ class B2BUA:
         self._dialogs: dict[tuple[str, str, str], Leg] = {}
         self._on_event = on_event
         self.accepting = True
+        self.inband_dtmf = inband_dtmf
+        self.record_dir = record_dir
+        self.record_calls = record_calls
+        self._seq = 0
+        self.legs: dict[str, Leg] = {}
 
     # ---- helpers ---------------------------------------------------------------------------
 
-    def _emit(self, name: str, call: Call, leg: Leg | None = None) -> None:
-        if self._on_event is not None:
-            try:
-                self._on_event(name, call, leg)
-            except Exception:
-                log.exception("event hook failed")
+    def _emit(self, name: str, call: Call, leg: Leg | None = None, **data: Any) -> None:
+        self._seq += 1
+        if self._on_event is None:
+            return
+        event = CallEvent(self._seq, time.time(), name, call.id, leg.id if leg else None, data)
+        try:
+            self._on_event(event)
+        except Exception:
+            log.exception("event hook failed")
+
+    def _attach_media(self, leg: Leg, endpoint: RtpEndpoint, codecs: list[Codec]) -> None:
+        """Give a leg its DTMF detection, playback and recording taps."""
+        if leg.media is not None:
+            leg.media.set_codecs(codecs)
+            return
+        call = leg.call
+
+        def on_dtmf(event: DtmfEvent) -> None:
+            leg.digits.append(event.digit)
+            self._emit("dtmf", call, leg, digit=event.digit, duration_ms=event.duration_ms,
+                       transport=event.transport)
+
+        leg.media = LegMedia(endpoint, codecs, on_dtmf, inband=self.inband_dtmf)
+        for recorder in call.recorders:
+            self._tap(call, recorder, leg)
+
+    def _tap(self, call: Call, recorder: CallRecorder, leg: Leg) -> None:
+        if leg.media is None:
+            return
+        index = 0 if leg is call.a else 1
+        pts = {c.payload_type: c.name.upper() for c in leg.codecs
+               if c.name.upper() in ("PCMU", "PCMA")}
+        leg.media.taps.append(recorder.packet_hook(index, pts or None))
+
+    def start_recording(self, call: Call, path: Path, *, stereo: bool = True) -> CallRecorder:
+        """Record the call to ``path``: one channel per leg (A left, B right), or a mono mix."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recorder = CallRecorder(path, stereo=stereo, legs=2)
+        call.recorders.append(recorder)
+        for leg in [call.a, call.b]:
+            if leg is not None:
+                self._tap(call, recorder, leg)
+        return recorder
 
     def _respond(self, leg: Leg, status: int, *, body: bytes = b"", reason: str | None = None,
                  extra: list[tuple[str, str]] | None = None) -> None:
@@ -254,6 +320,7 @@ class B2BUA:
         a = Leg(call=call, role="uas", transport=transport, dest=source, invite=request,
                 server_tx=tx, target=caller)
         call.a = a
+        self.legs[a.id] = a
         tx.user_data = a
         contact = self.stack.contact_uri(transport)
         a.dialog = Dialog.uas(request, new_tag(), contact)
@@ -263,7 +330,7 @@ class B2BUA:
         mf = request.headers.get("Max-Forwards")
         call.max_forwards = (int(mf) - 1) if mf is not None and mf.isdigit() else self.max_forwards
         self._respond(a, 100)
-        self._emit("initiated", call, a)
+        self._emit("initiated", call, a, caller=caller, callee=callee)
         asyncio.get_running_loop().create_task(
             self._start_call(call, request, targets, caller, caller_name, callee)
         )
@@ -355,7 +422,8 @@ class B2BUA:
             leg = Leg(call=call, role="uac", transport=target.transport, dest=target.dest,
                       invite=invite, trunk=target.trunk, target=target.request_uri)
             call.forks.append(leg)
-            self._emit("leg-initiated", call, leg)
+            self.legs[leg.id] = leg
+            self._emit("leg-initiated", call, leg, target=target.request_uri)
             leg.client_tx = self.stack.send_request(invite, target.dest, target.transport, leg)
         loop = asyncio.get_running_loop()
         call.ring_timer = loop.call_later(self.ring_timeout, self._ring_timeout, call)
@@ -439,6 +507,7 @@ class B2BUA:
         except ValueError:
             return False
         self.media.bridge(call.a.rtp, call.b_rtp)
+        self._attach_media(leg, call.b_rtp, codecs)
         return True
 
     def _a_answer_sdp(self, call: Call) -> bytes:
@@ -459,6 +528,8 @@ class B2BUA:
                               session_id=secrets.randbelow(2**31))
         a.local_sdp = answer
         a.rtp.set_remote(remote_rtp_address(offer), codecs)
+        a.codecs = codecs
+        self._attach_media(a, a.rtp, codecs)
         return answer.to_bytes()
 
     def _b_answered(self, call: Call, leg: Leg, response: Response, tx: ClientTransaction) -> None:
@@ -498,14 +569,19 @@ class B2BUA:
             self._fail_a(call, 488, "Not Acceptable Here")
             return
         body = self._a_answer_sdp(call)
+        if a.media is not None and leg.media is not None:
+            a.media.peer = leg.media
+            leg.media.peer = a.media
+        if self.record_calls and self.record_dir is not None and not call.recorders:
+            self.start_recording(call, self.record_dir / f"{call.id}.wav")
         call.answered_at = leg.answered_at
         a.answered_at = leg.answered_at
         a.state = LegState.CONFIRMED
         a.final_status = 200
         a.outcome = Outcome.ANSWERED
         self._respond(a, 200, body=body)
-        self._emit("answered", call, leg)
-        self._emit("bridged", call, leg)
+        self._emit("answered", call, leg, status=response.status)
+        self._emit("bridged", call, leg, a_leg=a.id, b_leg=leg.id)
 
     def _dialog_dest(self, leg: Leg) -> tuple[Address, str]:
         assert leg.dialog is not None
@@ -668,9 +744,33 @@ class B2BUA:
                 leg.ended_at = call.ended_at
         self._release_media(call)
         self.calls.pop(call.id, None)
-        self._emit("completed", call, None)
+        for leg in legs:
+            self.legs.pop(leg.id, None)
+        self._emit(
+            "completed", call, None,
+            legs=[
+                {"leg_id": leg.id, "role": leg.role,
+                 "outcome": leg.outcome.value if leg.outcome else None,
+                 "sip_status": leg.final_status, "q850": leg.q850}
+                for leg in legs
+            ],
+        )
 
     def _release_media(self, call: Call) -> None:
+        for leg in [call.a, *call.forks]:
+            if leg is not None and leg.media is not None:
+                leg.media.close()
+                leg.media = None
+        for recorder in call.recorders:
+            try:
+                meta = dict(recorder.close())
+            except Exception:
+                log.exception("closing the recording of call %s failed", call.id)
+                continue
+            meta["path"] = str(meta.get("path", recorder.path))
+            call.recordings.append(meta)
+            self._emit("recording-ready", call, None, **meta)
+        call.recorders.clear()
         for ep in (call.a.rtp if call.a else None, call.b_rtp):
             if ep is not None:
                 try:
@@ -723,6 +823,12 @@ class B2BUA:
                 tx, build_response(request, 200, body=body, extra=extra)
             )
             return
+        if method == "INFO" and leg.media is not None and request.body:
+            ctype = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            dtmf_type = ctype in ("application/dtmf-relay", "application/dtmf")
+            if not leg.media.info(ctype, request.body) and dtmf_type:
+                self.stack.send_response(tx, build_response(request, 400, "Bad DTMF body"))
+                return
         self.stack.send_response(tx, build_response(request, 200, extra=[("Allow", ALLOW)]))
 
     def on_ack(self, leg: Leg, request: Request) -> None:
@@ -750,4 +856,4 @@ def _best_status(statuses: list[int]) -> int | None:
     return min(statuses, key=rank)
 
 
-__all__ = ["B2BUA", "Call", "ForkTarget", "Leg", "LegState", "Outcome"]
+__all__ = ["B2BUA", "Call", "CallEvent", "ForkTarget", "Leg", "LegState", "Outcome"]

@@ -32,6 +32,7 @@ __all__ = [
     "Extension",
     "HttpConfig",
     "LogConfig",
+    "PromptsConfig",
     "RegistrarConfig",
     "Route",
     "RtpConfig",
@@ -127,6 +128,19 @@ class CallsConfig:
 
     ring_timeout: float = 60.0  # seconds before a ringing call is given up (no answer)
     default_country: str = "TR"  # ISO 3166-1 region for parsing national numbers
+    record: bool = False  # record every answered call (stereo WAV, one channel per leg)
+    recordings_dir: str = "recordings"  # where recordings go (relative to the working dir)
+    inband_dtmf: str = "auto"  # in-band DTMF detection: auto (legs without telephone-event),
+    # always, or off
+
+
+@dataclass(frozen=True, slots=True)
+class PromptsConfig:
+    """``[prompts]``: prompt language and replacements for the built-in prompts."""
+
+    language: str = "en"  # built-in prompt language: en, es or tr
+    # prompt name (e.g. "connecting" or "es/connecting") -> WAV file replacing it
+    files: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +206,7 @@ class Config:
     calls: CallsConfig = field(default_factory=CallsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
     extensions: tuple[Extension, ...] = ()
     trunks: tuple[Trunk, ...] = ()
     routes: tuple[Route, ...] = ()
@@ -447,17 +462,53 @@ def _parse_registrar(data: object) -> RegistrarConfig:
 
 
 def _parse_calls(data: object) -> CallsConfig:
-    t = _Table(data, "calls", ("ring_timeout", "default_country"))
+    t = _Table(
+        data, "calls",
+        ("ring_timeout", "default_country", "record", "recordings_dir", "inband_dtmf"),
+    )
     d = CallsConfig()
     country = t.string("default_country", d.default_country, nonempty=True).upper()
     if country not in phonenumbers.SUPPORTED_REGIONS:
         raise ConfigError(
             "calls.default_country", f"unknown region {country!r} (expected e.g. 'TR', 'US', 'DE')"
         )
+    inband = t.string("inband_dtmf", d.inband_dtmf, nonempty=True).lower()
+    if inband not in ("auto", "always", "off"):
+        raise ConfigError("calls.inband_dtmf", "must be one of auto, always, off")
     return CallsConfig(
         ring_timeout=t.positive_number("ring_timeout", d.ring_timeout),
         default_country=country,
+        record=t.boolean("record", d.record),
+        recordings_dir=t.string("recordings_dir", d.recordings_dir, nonempty=True),
+        inband_dtmf=inband,
     )
+
+
+def _parse_prompts(data: object) -> PromptsConfig:
+    from media.prompts import PromptLibrary, PromptNotFound
+
+    t = _Table(data, "prompts", ("language", "files"))
+    language = t.string("language", "en", nonempty=True).lower()
+    if language not in ("en", "es", "tr"):
+        raise ConfigError("prompts.language", "must be one of en, es, tr")
+    raw = t.data.get("files", {})
+    if not isinstance(raw, dict):
+        raise ConfigError("prompts.files", f"must be a table, not {_type_name(raw)}")
+    files: dict[str, str] = {}
+    for name, path in raw.items():
+        key = f"prompts.files.{name}"
+        if not isinstance(path, str) or not path:
+            raise ConfigError(key, "must be a non-empty path string")
+        if not Path(path).is_file():
+            raise ConfigError(key, f"no such file: {path}")
+        files[str(name)] = path
+    library = PromptLibrary({k: Path(v) for k, v in files.items()}, default_lang=language)
+    for name in files:
+        try:
+            library.load(name)
+        except (PromptNotFound, ValueError) as exc:
+            raise ConfigError(f"prompts.files.{name}", str(exc)) from exc
+    return PromptsConfig(language=language, files=MappingProxyType(files))
 
 
 def _parse_store(data: object) -> StoreConfig:
@@ -589,7 +640,7 @@ def _parse_routes(root: _Table, trunks: tuple[Trunk, ...]) -> tuple[Route, ...]:
 # --------------------------------------------------------------------------- public API
 
 _SECTIONS = (
-    "sip", "rtp", "http", "auth", "registrar", "calls", "store", "log",
+    "sip", "rtp", "http", "auth", "registrar", "calls", "store", "log", "prompts",
     "extensions", "trunks", "routes",
 )  # fmt: skip
 
@@ -613,6 +664,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         calls=_parse_calls(get("calls", {})),
         store=_parse_store(get("store", {})),
         log=_parse_log(get("log", {})),
+        prompts=_parse_prompts(get("prompts", {})),
         extensions=extensions,
         trunks=trunks,
         routes=_parse_routes(root, trunks),
