@@ -23,6 +23,7 @@ from media.dtmf import DtmfEvent
 from media.engine import MediaEngine, RtpEndpoint
 from media.recording import CallRecorder
 from media.sdp import (
+    DEFAULT_CODECS,
     Codec,
     SdpError,
     SdpNegotiationError,
@@ -142,6 +143,7 @@ class Leg:
     ended_at: float | None = None
     media: LegMedia | None = None
     digits: list[str] = field(default_factory=list)
+    late_offer: bool = False  # INVITE without SDP: we offer in the 2xx, the ACK answers
 
 
 @dataclass(eq=False)
@@ -364,14 +366,16 @@ class B2BUA:
             self._fail_a(call, 400, "Bad SDP")
             return
         if offer is None:
-            # Late offer (RFC 3261 section 13.2.1): not supported yet; say so clearly.
-            self._fail_a(call, 488, "SDP offer required")
-            return
-        try:
-            codecs_a = negotiate(offer)
-        except SdpNegotiationError:
-            self._fail_a(call, 488, "Not Acceptable Here")
-            return
+            # Late offer (RFC 3261 section 13.2.1): leg B gets our own offer; leg A gets an
+            # offer in our 2xx and answers in its ACK.
+            a.late_offer = True
+            codecs_a = list(DEFAULT_CODECS)
+        else:
+            try:
+                codecs_a = negotiate(offer)
+            except SdpNegotiationError:
+                self._fail_a(call, 488, "Not Acceptable Here")
+                return
         try:
             a.rtp = await self.media.allocate()
             call.b_rtp = await self.media.allocate()
@@ -384,7 +388,8 @@ class B2BUA:
             return
         a.codecs = codecs_a
         try:
-            a.rtp.set_remote(remote_rtp_address(offer), codecs_a)
+            if offer is not None:
+                a.rtp.set_remote(remote_rtp_address(offer), codecs_a)
         except ValueError:
             # c= names a host name or the other address family: we cannot send there.
             self._release_media(call)
@@ -477,7 +482,10 @@ class B2BUA:
         if a.state not in (LegState.TRYING, LegState.EARLY):
             return
         body = b""
-        if response.body and not call.early_answered:
+        if response.body and not call.early_answered and a.late_offer:
+            # No offer may go out in an unreliable provisional: anchor leg B only.
+            self._apply_b_answer(call, leg, response)
+        elif response.body and not call.early_answered:
             # Early media (RFC 3960): anchor it now and answer leg A in the 183.
             if self._apply_b_answer(call, leg, response):
                 body = self._a_answer_sdp(call)
@@ -523,6 +531,13 @@ class B2BUA:
                     chosen_names = [c.name.lower() for c in fork.codecs]
                     break
         codecs = [c for c in a.codecs if c.name.lower() in chosen_names] or a.codecs
+        if a.late_offer:
+            late = build_offer(a.rtp.local_address[0], a.rtp.local_address[1], codecs,
+                               session_id=secrets.randbelow(2**31))
+            a.local_sdp = late
+            a.codecs = codecs
+            self._attach_media(a, a.rtp, codecs)
+            return late.to_bytes()
         offer = SessionDescription.parse(a.invite.body)
         answer = build_answer(offer, a.rtp.local_address[0], a.rtp.local_address[1], codecs,
                               session_id=secrets.randbelow(2**31))
@@ -832,8 +847,23 @@ class B2BUA:
         self.stack.send_response(tx, build_response(request, 200, extra=[("Allow", ALLOW)]))
 
     def on_ack(self, leg: Leg, request: Request) -> None:
-        """The ACK for our 2xx on leg A arrived."""
-        return None
+        """The ACK for our 2xx on leg A arrived; after a late offer it carries the answer."""
+        if not leg.late_offer or leg.rtp is None or leg.rtp.remote is not None:
+            return
+        try:
+            answer = SessionDescription.parse(request.body) if request.body else None
+            codecs = audio_codecs(answer) if answer is not None else []
+            if answer is None or not codecs:
+                raise SdpError("no usable answer in the ACK")
+            leg.rtp.set_remote(remote_rtp_address(answer), codecs)
+        except (SdpError, ValueError) as exc:
+            # RFC 3261 section 13.2.2.4 leaves no way to renegotiate here: end the call.
+            log.info("call %s: ACK without a usable SDP answer (%s)", leg.call.id, exc)
+            self._end_call(leg.call)
+            return
+        leg.codecs = codecs
+        if leg.media is not None:
+            leg.media.set_codecs(codecs)
 
     async def shutdown(self) -> None:
         """End every call (BYE answered calls, CANCEL/503 the rest)."""
