@@ -76,8 +76,9 @@ def detect(signal: Int16Array, params: InbandParams | None = None) -> list[DtmfE
     return events + detector.flush(len(audio) / RATE)
 
 
-def add_noise(signal: Int16Array, snr_db: float, ref_power: float, rng: np.random.Generator
-              ) -> Int16Array:
+def add_noise(
+    signal: Int16Array, snr_db: float, ref_power: float, rng: np.random.Generator
+) -> Int16Array:
     noise = rng.normal(0.0, math.sqrt(ref_power / 10 ** (snr_db / 10)), len(signal))
     return np.clip(np.rint(signal + noise), -32768, 32767).astype(np.int16)
 
@@ -139,9 +140,14 @@ def acceptance(quick: bool, rng: np.random.Generator) -> list[Row]:
                 lead = np.zeros(int(rng.integers(200, 600)), np.int16)
                 sig = np.concatenate((lead, inband_tone(digit, 60, level, phases=phases(rng))))
                 t.add(digit, detect(sig))
-    rows.append(Row("all 16 digits, 60 ms", "operate -3..-36 dBm0/tone",
-                    f"{t.rate()} exact at {', '.join(f'{lv:g}' for lv in levels)} dBm0",
-                    t.exact == t.total))
+    rows.append(
+        Row(
+            "all 16 digits, 60 ms",
+            "operate -3..-36 dBm0/tone",
+            f"{t.rate()} exact at {', '.join(f'{lv:g}' for lv in levels)} dBm0",
+            t.exact == t.total,
+        )
+    )
 
     # G.711 at -36 dBm0
     codecs = (("mu-law", ulaw_encode, ulaw_decode), ("A-law", alaw_encode, alaw_decode))
@@ -149,49 +155,93 @@ def acceptance(quick: bool, rng: np.random.Generator) -> list[Row]:
         t = Trials()
         for digit in DIGITS:
             for _ in range(reps):
-                sig = np.concatenate((silence(50), inband_tone(digit, 50, -36.0,
-                                                               phases=phases(rng))))
+                sig = np.concatenate(
+                    (silence(50), inband_tone(digit, 50, -36.0, phases=phases(rng)))
+                )
                 t.add(digit, detect(dec(enc(sig))))
-        rows.append(Row(f"-36 dBm0 through G.711 {name}", "operate", t.rate(),
-                        t.exact == t.total))
+        rows.append(Row(f"-36 dBm0 through G.711 {name}", "operate", t.rate(), t.exact == t.total))
 
     # below the minimum level
-    quiet = sum(len(detect(np.concatenate((silence(50), inband_tone(d, 100, -50.0)))))
-                for d in DIGITS)
+    quiet = sum(
+        len(detect(np.concatenate((silence(50), inband_tone(d, 100, -50.0))))) for d in DIGITS
+    )
     rows.append(Row("-50 dBm0/tone", "(not required)", f"{quiet} detections of 16", None))
 
     # frequency deviation
     def deviation(offset: float) -> Trials:
         t = Trials()
         for digit in DIGITS:
-            for lo, hi in ((offset, offset), (-offset, -offset), (offset, -offset),
-                           (-offset, offset), (offset, 0.0), (0.0, offset), (-offset, 0.0),
-                           (0.0, -offset)):
-                sig = np.concatenate((silence(50), inband_tone(
-                    digit, 60, -15.0, low_offset=lo, high_offset=hi, phases=phases(rng))))
+            for lo, hi in (
+                (offset, offset),
+                (-offset, -offset),
+                (offset, -offset),
+                (-offset, offset),
+                (offset, 0.0),
+                (0.0, offset),
+                (-offset, 0.0),
+                (0.0, -offset),
+            ):
+                sig = np.concatenate(
+                    (
+                        silence(50),
+                        inband_tone(
+                            digit, 60, -15.0, low_offset=lo, high_offset=hi, phases=phases(rng)
+                        ),
+                    )
+                )
                 t.add(digit, detect(sig), f"{digit}{lo:+.3f}/{hi:+.3f}")
         return t
 
     t = deviation(0.015)
-    rows.append(Row("frequency deviation +-1.5 %", "operate",
-                    f"{t.rate()} (each group and both, same/opposite sign)",
-                    t.exact == t.total))
+    rows.append(
+        Row(
+            "frequency deviation +-1.5 %",
+            "operate",
+            f"{t.rate()} (each group and both, same/opposite sign)",
+            t.exact == t.total,
+        )
+    )
     non = Trials()
     for digit in DIGITS:
-        for lo, hi in ((0.035, 0.035), (-0.035, -0.035), (0.035, 0.0), (0.0, 0.035),
-                       (-0.035, 0.0), (0.0, -0.035), (0.035, -0.035), (-0.035, 0.035)):
-            sig = np.concatenate((silence(50), inband_tone(
-                digit, 60, -15.0, low_offset=lo, high_offset=hi, phases=phases(rng))))
+        for lo, hi in (
+            (0.035, 0.035),
+            (-0.035, -0.035),
+            (0.035, 0.0),
+            (0.0, 0.035),
+            (-0.035, 0.0),
+            (0.0, -0.035),
+            (0.035, -0.035),
+            (-0.035, 0.035),
+        ):
+            sig = np.concatenate(
+                (
+                    silence(50),
+                    inband_tone(
+                        digit, 60, -15.0, low_offset=lo, high_offset=hi, phases=phases(rng)
+                    ),
+                )
+            )
             non.add("", detect(sig))
-    rows.append(Row("frequency deviation +-3.5 %", "non-operate",
-                    f"{non.total - non.exact} detections in {non.total} tones",
-                    non.exact == non.total))
+    rows.append(
+        Row(
+            "frequency deviation +-3.5 %",
+            "non-operate",
+            f"{non.total - non.exact} detections in {non.total} tones",
+            non.exact == non.total,
+        )
+    )
     sweep = []
     for pct in (2.0, 2.25, 2.5, 2.75, 3.0):
         hits = sum(
-            len(detect(np.concatenate((silence(50), inband_tone(d, 60, -15.0,
-                                                                freq_offset=s * pct / 100)))))
-            for d in DIGITS for s in (1, -1)
+            len(
+                detect(
+                    np.concatenate(
+                        (silence(50), inband_tone(d, 60, -15.0, freq_offset=s * pct / 100))
+                    )
+                )
+            )
+            for d in DIGITS
+            for s in (1, -1)
         )
         sweep.append(f"{pct:g}%:{hits}/32")
     rows.append(Row("deviation sweep (both tones)", "(boundary)", " ".join(sweep), None))
@@ -201,15 +251,18 @@ def acceptance(quick: bool, rng: np.random.Generator) -> list[Row]:
         found = total = 0
         for digit in digits:
             for lead in range(0, 80, align_step):
-                sig = np.concatenate((np.zeros(400 + lead, np.int16),
-                                      inband_tone(digit, ms, -15.0, phases=phases(rng))))
+                sig = np.concatenate(
+                    (
+                        np.zeros(400 + lead, np.int16),
+                        inband_tone(digit, ms, -15.0, phases=phases(rng)),
+                    )
+                )
                 found += len(detect(sig)) == 1
                 total += 1
         return found, total
 
     f40, n40 = durations(40, DIGITS)
-    rows.append(Row("tone 40 ms", "operate", f"{f40}/{n40} (all digits x alignments)",
-                    f40 == n40))
+    rows.append(Row("tone 40 ms", "operate", f"{f40}/{n40} (all digits x alignments)", f40 == n40))
     f23, n23 = durations(23, DIGITS)
     rows.append(Row("tone 23 ms", "non-operate", f"{f23} detections in {n23}", f23 == 0))
     sweep = []
@@ -233,21 +286,23 @@ def acceptance(quick: bool, rng: np.random.Generator) -> list[Row]:
     rows.append(Row("interruption 10 ms", "one digit", t.rate(), t.exact == t.total))
 
     # twist
-    for twist, label, need in ((8.0, "normal twist 8 dB (low louder)", True),
-                               (-4.0, "reverse twist 4 dB (high louder)", True),
-                               (12.0, "normal twist 12 dB", False),
-                               (-8.0, "reverse twist 8 dB", False)):
+    for twist, label, need in (
+        (8.0, "normal twist 8 dB (low louder)", True),
+        (-4.0, "reverse twist 4 dB (high louder)", True),
+        (12.0, "normal twist 12 dB", False),
+        (-8.0, "reverse twist 8 dB", False),
+    ):
         t = Trials()
         for digit in DIGITS:
             for _ in range(reps):
-                sig = np.concatenate((silence(50), inband_tone(digit, 60, -8.0, twist_db=twist,
-                                                               phases=phases(rng))))
+                sig = np.concatenate(
+                    (silence(50), inband_tone(digit, 60, -8.0, twist_db=twist, phases=phases(rng)))
+                )
                 t.add(digit, detect(sig))
         if need:
             rows.append(Row(label, "operate", t.rate(), t.exact == t.total))
         else:
-            rows.append(Row(label, "(reject beyond limits)", f"{t.exact}/{t.total} detected",
-                            None))
+            rows.append(Row(label, "(reject beyond limits)", f"{t.exact}/{t.total} detected", None))
 
     # white noise
     def noisy(snr: float, trials: int, level: float = -20.0, **kw: Any) -> Trials:
@@ -256,14 +311,19 @@ def acceptance(quick: bool, rng: np.random.Generator) -> list[Row]:
             for digit in DIGITS:
                 tone = inband_tone(digit, 60, level, phases=phases(rng), **kw)
                 power = float(np.mean(tone.astype(np.float64) ** 2))
-                sig = add_noise(np.concatenate((silence(100), tone, silence(100))), snr, power,
-                                rng)
+                sig = add_noise(np.concatenate((silence(100), tone, silence(100))), snr, power, rng)
                 t.add(digit, detect(sig))
         return t
 
     t = noisy(15.0, 2 if quick else 10)
-    rows.append(Row("white noise, 15 dB SNR", "operate",
-                    f"{t.rate()}, {t.extra} extra digits", t.exact == t.total))
+    rows.append(
+        Row(
+            "white noise, 15 dB SNR",
+            "operate",
+            f"{t.rate()}, {t.extra} extra digits",
+            t.exact == t.total,
+        )
+    )
     more = []
     for snr in (12.0, 10.0, 8.0, 6.0):
         t = noisy(snr, 1 if quick else 4)
@@ -274,13 +334,15 @@ def acceptance(quick: bool, rng: np.random.Generator) -> list[Row]:
     t = Trials()
     for _ in range(1 if quick else 4):
         for digit in DIGITS:
-            tone = inband_tone(digit, 60, -30.0, twist_db=8.0, freq_offset=0.015,
-                               phases=phases(rng))
+            tone = inband_tone(
+                digit, 60, -30.0, twist_db=8.0, freq_offset=0.015, phases=phases(rng)
+            )
             power = float(np.mean(tone.astype(np.float64) ** 2))
             sig = add_noise(np.concatenate((silence(100), tone, silence(100))), 15.0, power, rng)
             t.add(digit, detect(ulaw_decode(ulaw_encode(sig))))
-    rows.append(Row("-30 dBm0 + 8 dB twist + 1.5 % + 15 dB SNR + mu-law", "(combined)",
-                    f"{t.rate()}", None))
+    rows.append(
+        Row("-30 dBm0 + 8 dB twist + 1.5 % + 15 dB SNR + mu-law", "(combined)", f"{t.rate()}", None)
+    )
     return rows
 
 
@@ -335,12 +397,35 @@ def espeak_available() -> bool:
 def espeak(voice: str, text: str, pitch: int, speed: int) -> Int16Array:
     wav = subprocess.run(
         ["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(speed), "--stdout", text],
-        capture_output=True, check=True, timeout=120,
+        capture_output=True,
+        check=True,
+        timeout=120,
     ).stdout
     raw = subprocess.run(
-        ["sox", "-t", "wav", "-", "-t", "raw", "-r", str(RATE), "-c", "1", "-b", "16",
-         "-e", "signed-integer", "-", "gain", "-n", "-3"],
-        input=wav, capture_output=True, check=True, timeout=120,
+        [
+            "sox",
+            "-t",
+            "wav",
+            "-",
+            "-t",
+            "raw",
+            "-r",
+            str(RATE),
+            "-c",
+            "1",
+            "-b",
+            "16",
+            "-e",
+            "signed-integer",
+            "-",
+            "gain",
+            "-n",
+            "-3",
+        ],
+        input=wav,
+        capture_output=True,
+        check=True,
+        timeout=120,
     ).stdout
     return np.frombuffer(raw, dtype=np.int16).copy()
 
@@ -386,8 +471,7 @@ def speech_like(seconds: float, rng: np.random.Generator) -> Int16Array:
         f0 *= 1 + rng.uniform(-0.3, 0.3) * t
         sig = np.diff(np.floor(np.cumsum(f0) / RATE), prepend=0.0)
         sig = _resonate(sig, 0.0, 0.95)
-        for lo, hi, bw in ((250, 900, 80), (800, 2300, 100), (2000, 3000, 150),
-                           (3000, 3600, 200)):
+        for lo, hi, bw in ((250, 900, 80), (800, 2300, 100), (2000, 3000, 150), (3000, 3600, 200)):
             sig = _resonate(sig, float(rng.uniform(lo, hi)), math.exp(-math.pi * bw / RATE))
         sig = np.diff(sig, prepend=0.0)
         sig *= np.hanning(n) * rng.uniform(2000, 16000) / max(1e-9, float(np.abs(sig).max()))
@@ -396,8 +480,7 @@ def speech_like(seconds: float, rng: np.random.Generator) -> Int16Array:
     return np.clip(np.concatenate(parts), -32768, 32767).astype(np.int16)
 
 
-def harmonics_vibrato(seconds: float, rng: np.random.Generator, formant_hz: float
-                      ) -> Int16Array:
+def harmonics_vibrato(seconds: float, rng: np.random.Generator, formant_hz: float) -> Int16Array:
     """Sums of harmonics with vibrato and glides, weighted by three Gaussian "formants" of
     ``formant_hz`` width (narrow formants leave two or three harmonics dominant: a hard case)."""
     parts: list[npt.NDArray[np.float64]] = []
@@ -437,33 +520,45 @@ def talk_off(quick: bool, seed: int) -> tuple[list[dict[str, Any]], str]:
     note = ""
     if espeak_available():
         for lang in ("en", "es", "tr"):
-            sources.append((f"espeak-ng {lang}",
-                            lambda lang=lang: speech(lang, minutes * 60, rng_py)))  # type: ignore[misc]
+            sources.append(
+                (f"espeak-ng {lang}", lambda lang=lang: speech(lang, minutes * 60, rng_py))
+            )  # type: ignore[misc]
     else:
-        note = ("espeak-ng and/or sox not installed: talk-off measured on synthetic speech-like "
-                "signals only")
+        note = (
+            "espeak-ng and/or sox not installed: talk-off measured on synthetic speech-like "
+            "signals only"
+        )
     synth_minutes = 0.5 if quick else 10.0
-    sources.append(("synthetic source-filter speech",
-                    lambda: speech_like(synth_minutes * 60, rng)))
-    sources.append(("harmonics + vibrato, broad formants",
-                    lambda: harmonics_vibrato(synth_minutes * 60, rng, 300.0)))
-    sources.append(("harmonics + vibrato, narrow formants (hard)",
-                    lambda: harmonics_vibrato(synth_minutes * 60, rng, 120.0)))
+    sources.append(("synthetic source-filter speech", lambda: speech_like(synth_minutes * 60, rng)))
+    sources.append(
+        (
+            "harmonics + vibrato, broad formants",
+            lambda: harmonics_vibrato(synth_minutes * 60, rng, 300.0),
+        )
+    )
+    sources.append(
+        (
+            "harmonics + vibrato, narrow formants (hard)",
+            lambda: harmonics_vibrato(synth_minutes * 60, rng, 120.0),
+        )
+    )
     loose = InbandParams(min_tone_ratio=0.6)
     for name, make in sources:
         audio = make()
         seconds = len(audio) / RATE
         events = detect(audio)
         loose_events = detect(audio, loose)
-        rows.append({
-            "source": name,
-            "minutes": round(seconds / 60, 2),
-            "level_dbm0": round(active_level_dbm0(audio), 1),
-            "false_digits": len(events),
-            "per_10_min": round(len(events) * 600 / seconds, 2),
-            "digits": "".join(e.digit for e in events)[:20],
-            "per_10_min_ratio_0.6": round(len(loose_events) * 600 / seconds, 2),
-        })
+        rows.append(
+            {
+                "source": name,
+                "minutes": round(seconds / 60, 2),
+                "level_dbm0": round(active_level_dbm0(audio), 1),
+                "false_digits": len(events),
+                "per_10_min": round(len(events) * 600 / seconds, 2),
+                "digits": "".join(e.digit for e in events)[:20],
+                "per_10_min_ratio_0.6": round(len(loose_events) * 600 / seconds, 2),
+            }
+        )
     return rows, note
 
 
@@ -500,8 +595,12 @@ def latency(quick: bool, rng: np.random.Generator) -> dict[str, Any]:
 
     def dist(values: list[float]) -> dict[str, float]:
         a = np.array(values)
-        return {"min": round(float(a.min()), 2), "p50": round(float(np.median(a)), 2),
-                "p95": round(float(np.percentile(a, 95)), 2), "max": round(float(a.max()), 2)}
+        return {
+            "min": round(float(a.min()), 2),
+            "p50": round(float(np.median(a)), 2),
+            "p95": round(float(np.percentile(a, 95)), 2),
+            "max": round(float(a.max()), 2),
+        }
 
     return {
         "trials": trials,
@@ -521,8 +620,9 @@ def bank_cpu(quick: bool, speech_audio: Int16Array, seed: int) -> list[dict[str,
     rng = np.random.default_rng(seed)
     frames = 100 if quick else 500
     length = frames * 160
-    keying = np.concatenate([np.concatenate((inband_tone(d, 100, -15.0), silence(100)))
-                             for d in DIGITS])
+    keying = np.concatenate(
+        [np.concatenate((inband_tone(d, 100, -15.0), silence(100))) for d in DIGITS]
+    )
     speech_src = np.resize(speech_audio, max(len(speech_audio), length * 2))
     out = []
     for channels in (100, 1000):
@@ -533,8 +633,9 @@ def bank_cpu(quick: bool, speech_audio: Int16Array, seed: int) -> list[dict[str,
                 src = speech_src if load == "speech" else np.resize(keying, length * 2)
                 starts = rng.integers(0, len(src) - length, channels)
                 audio = np.stack([src[s : s + length] for s in starts])
-            chunks = [np.ascontiguousarray(audio[:, i * 160 : (i + 1) * 160])
-                      for i in range(frames)]
+            chunks = [
+                np.ascontiguousarray(audio[:, i * 160 : (i + 1) * 160]) for i in range(frames)
+            ]
             best_cpu = best_wall = math.inf
             n_events = 0
             for _ in range(3):
@@ -545,13 +646,15 @@ def bank_cpu(quick: bool, speech_audio: Int16Array, seed: int) -> list[dict[str,
                     n_events += sum(map(len, bank.process(chunk, (i + 1) * 0.02)))
                 best_cpu = min(best_cpu, time.process_time() - cpu0)
                 best_wall = min(best_wall, time.perf_counter() - wall0)
-            out.append({
-                "channels": channels,
-                "load": load,
-                "cpu_us_per_channel_frame": round(best_cpu / frames / channels * 1e6, 3),
-                "wall_us_per_channel_frame": round(best_wall / frames / channels * 1e6, 3),
-                "events": n_events,
-            })
+            out.append(
+                {
+                    "channels": channels,
+                    "load": load,
+                    "cpu_us_per_channel_frame": round(best_cpu / frames / channels * 1e6, 3),
+                    "wall_us_per_channel_frame": round(best_wall / frames / channels * 1e6, 3),
+                    "events": n_events,
+                }
+            )
     return out
 
 
@@ -562,8 +665,9 @@ def bank_cpu_single_thread(quick: bool, seed: int) -> list[dict[str, Any]] | Non
     if quick:
         cmd.append("--quick")
     try:
-        done = subprocess.run(cmd, env=env, capture_output=True, check=True, timeout=1800,
-                              text=True)
+        done = subprocess.run(
+            cmd, env=env, capture_output=True, check=True, timeout=1800, text=True
+        )
         result: list[dict[str, Any]] = json.loads(done.stdout)
         return result
     except (subprocess.SubprocessError, OSError, ValueError):
@@ -618,8 +722,9 @@ def rfc4733_trials(quick: bool, seed: int) -> list[dict[str, Any]]:
             events: list[DtmfEvent] = []
             for at, seq, p in arrivals:
                 events += receiver.poll(at)
-                events += receiver.feed(p.payload, timestamp=p.timestamp, sequence=seq,
-                                        marker=p.marker, now=at)
+                events += receiver.feed(
+                    p.payload, timestamp=p.timestamp, sequence=seq, marker=p.marker, now=at
+                )
             events += receiver.poll(t + 10) + receiver.flush(t + 10)
             got = "".join(e.digit for e in events)
             presses += len(digits)
@@ -627,18 +732,20 @@ def rfc4733_trials(quick: bool, seed: int) -> list[dict[str, Any]]:
             missing += max(0, len(digits) - len(got))
             extra += max(0, len(got) - len(digits))
             if got == digits:
-                dur_err += [abs(e.duration_ms - d) for e, d in zip(events, durations,
-                                                                    strict=True)]
-        out.append({
-            "scenario": name,
-            "trials": trials,
-            "presses": presses,
-            "exact_pct": round(100 * exact / trials, 2),
-            "missing": missing,
-            "extra": extra,
-            "duration_exact_pct": round(100 * sum(e <= 1 for e in dur_err) / max(1, len(dur_err)),
-                                        1),
-        })
+                dur_err += [abs(e.duration_ms - d) for e, d in zip(events, durations, strict=True)]
+        out.append(
+            {
+                "scenario": name,
+                "trials": trials,
+                "presses": presses,
+                "exact_pct": round(100 * exact / trials, 2),
+                "missing": missing,
+                "extra": extra,
+                "duration_exact_pct": round(
+                    100 * sum(e <= 1 for e in dur_err) / max(1, len(dur_err)), 1
+                ),
+            }
+        )
     return out
 
 
@@ -648,15 +755,15 @@ def rfc4733_trials(quick: bool, seed: int) -> list[dict[str, Any]]:
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-             for r in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.dtmf_quality",
-                                description=(__doc__ or "").split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench.dtmf_quality", description=(__doc__ or "").split("\n")[0]
+    )
     p.add_argument("--quick", action="store_true", help="a reduced run of a few seconds")
     p.add_argument("--seed", type=int, default=4733, help="random seed (default 4733)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -676,59 +783,141 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = acceptance(args.quick, rng)
     print("1. In-band detector, ITU-T Q.24-style acceptance")
-    print(table(("criterion", "requirement", "result", "verdict"),
-                ((r.criterion, r.requirement, r.figures, r.verdict) for r in rows)))
+    print(
+        table(
+            ("criterion", "requirement", "result", "verdict"),
+            ((r.criterion, r.requirement, r.figures, r.verdict) for r in rows),
+        )
+    )
     ok = all(r.ok is not False for r in rows)
 
     talk, note = talk_off(args.quick, args.seed)
-    print("\n2. Talk-off (false digits from speech; default thresholds, and with the tone-energy "
-          "ratio relaxed to 0.6 for comparison)")
+    print(
+        "\n2. Talk-off (false digits from speech; default thresholds, and with the tone-energy "
+        "ratio relaxed to 0.6 for comparison)"
+    )
     if note:
         print(f"   NOTE: {note}")
-    print(table(("source", "minutes", "active dBm0", "false", "per 10 min", "digits",
-                 "per 10 min @0.6"),
-                ((r["source"], r["minutes"], r["level_dbm0"], r["false_digits"],
-                  r["per_10_min"], r["digits"] or "-", r["per_10_min_ratio_0.6"])
-                 for r in talk)))
+    print(
+        table(
+            (
+                "source",
+                "minutes",
+                "active dBm0",
+                "false",
+                "per 10 min",
+                "digits",
+                "per 10 min @0.6",
+            ),
+            (
+                (
+                    r["source"],
+                    r["minutes"],
+                    r["level_dbm0"],
+                    r["false_digits"],
+                    r["per_10_min"],
+                    r["digits"] or "-",
+                    r["per_10_min_ratio_0.6"],
+                )
+                for r in talk
+            ),
+        )
+    )
 
     lat = latency(args.quick, rng)
-    print(f"\n3. Timing ({lat['detected']}/{lat['trials']} random presses, 40-200 ms, "
-          "-36..-3 dBm0; audio time, fed in 10 ms blocks)")
-    print(table(("measure", "min", "p50", "p95", "max"),
-                ((name.replace("_", " "), d["min"], d["p50"], d["p95"], d["max"])
-                 for name, d in lat.items() if isinstance(d, dict))))
+    print(
+        f"\n3. Timing ({lat['detected']}/{lat['trials']} random presses, 40-200 ms, "
+        "-36..-3 dBm0; audio time, fed in 10 ms blocks)"
+    )
+    print(
+        table(
+            ("measure", "min", "p50", "p95", "max"),
+            (
+                (name.replace("_", " "), d["min"], d["p50"], d["p95"], d["max"])
+                for name, d in lat.items()
+                if isinstance(d, dict)
+            ),
+        )
+    )
     ok = ok and lat["detected"] == lat["trials"] and lat["onset_to_detection_ms"]["max"] < 40
 
     cpu = bank_cpu(args.quick, cpu_speech(args.quick, args.seed), args.seed)
     single = bank_cpu_single_thread(args.quick, args.seed)
-    print("\n4. InbandDetectorBank per 20 ms channel-frame, best of 3 (CPU = process time, all "
-          "threads; default BLAS threading, and BLAS on one thread)")
+    print(
+        "\n4. InbandDetectorBank per 20 ms channel-frame, best of 3 (CPU = process time, all "
+        "threads; default BLAS threading, and BLAS on one thread)"
+    )
     single_rows = single or [{} for _ in cpu]
-    print(table(("channels", "load", "CPU us", "wall us", "1-thread CPU us", "1-thread wall us",
-                 "events"),
-                ((r["channels"], r["load"], r["cpu_us_per_channel_frame"],
-                  r["wall_us_per_channel_frame"], o.get("cpu_us_per_channel_frame", "-"),
-                  o.get("wall_us_per_channel_frame", "-"), r["events"])
-                 for r, o in zip(cpu, single_rows, strict=True))))
+    print(
+        table(
+            (
+                "channels",
+                "load",
+                "CPU us",
+                "wall us",
+                "1-thread CPU us",
+                "1-thread wall us",
+                "events",
+            ),
+            (
+                (
+                    r["channels"],
+                    r["load"],
+                    r["cpu_us_per_channel_frame"],
+                    r["wall_us_per_channel_frame"],
+                    o.get("cpu_us_per_channel_frame", "-"),
+                    o.get("wall_us_per_channel_frame", "-"),
+                    r["events"],
+                )
+                for r, o in zip(cpu, single_rows, strict=True)
+            ),
+        )
+    )
 
     rfc = rfc4733_trials(args.quick, args.seed)
-    print("\n5. RFC 4733 receiver under impairment (random presses, 20-50 ms updates; "
-          "jitter < inter-digit pause)")
-    print(table(("scenario", "trials", "presses", "exact %", "missing", "extra",
-                 "duration +-1 ms %"),
-                ((r["scenario"], r["trials"], r["presses"], r["exact_pct"], r["missing"],
-                  r["extra"], r["duration_exact_pct"]) for r in rfc)))
+    print(
+        "\n5. RFC 4733 receiver under impairment (random presses, 20-50 ms updates; "
+        "jitter < inter-digit pause)"
+    )
+    print(
+        table(
+            ("scenario", "trials", "presses", "exact %", "missing", "extra", "duration +-1 ms %"),
+            (
+                (
+                    r["scenario"],
+                    r["trials"],
+                    r["presses"],
+                    r["exact_pct"],
+                    r["missing"],
+                    r["extra"],
+                    r["duration_exact_pct"],
+                )
+                for r in rfc
+            ),
+        )
+    )
     ok = ok and all(r["extra"] == 0 for r in rfc)
 
     elapsed = time.perf_counter() - started
-    print(f"\n{'all acceptance criteria met' if ok else 'SOME CRITERIA FAILED'} "
-          f"({elapsed:.1f} s)")
+    print(f"\n{'all acceptance criteria met' if ok else 'SOME CRITERIA FAILED'} ({elapsed:.1f} s)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"mode": mode, "seed": args.seed, "acceptance": [r.__dict__ for r in rows],
-                       "talk_off": talk, "talk_off_note": note, "timing": lat, "bank_cpu": cpu,
-                       "bank_cpu_one_blas_thread": single, "rfc4733": rfc, "ok": ok}, fh,
-                      indent=2)
+            json.dump(
+                {
+                    "mode": mode,
+                    "seed": args.seed,
+                    "acceptance": [r.__dict__ for r in rows],
+                    "talk_off": talk,
+                    "talk_off_note": note,
+                    "timing": lat,
+                    "bank_cpu": cpu,
+                    "bank_cpu_one_blas_thread": single,
+                    "rfc4733": rfc,
+                    "ok": ok,
+                },
+                fh,
+                indent=2,
+            )
     return 0 if ok else 1
 
 
