@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import secrets
 import socket
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -123,17 +124,24 @@ class RtpEndpoint(asyncio.DatagramProtocol):
     __slots__ = (
         "_accept_from",
         "_engine",
+        "_last_sent",
         "_latch",
         "_latched",
         "_open_transports",
+        "_out_seq",
+        "_out_ssrc",
+        "_out_ts",
         "_peer",
         "_pt_map",
         "_remote",
+        "_restamping",
         "_rtcp_dest",
         "_rtcp_latched",
         "_rtcp_transport",
         "_rtp_dest",
         "_rtp_transport",
+        "_src_key",
+        "_ts_delta",
         "bytes_in",
         "bytes_out",
         "closed",
@@ -171,6 +179,19 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self._pt_map: bytes | None = None
         self.codecs: tuple[Codec, ...] = ()
         self.on_packet: PacketHook | None = None
+        # Outgoing stream continuity (RFC 3550 section 8 / RFC 7667 section 3.2.1.2): once the
+        # switch sends its own packets (prompts, DTMF) out of this endpoint, everything sent
+        # here is re-stamped as one stream: one SSRC, one sequence, timestamps re-based at each
+        # change of source. Receivers (e.g. baresip) flush their jitter buffer on an SSRC
+        # change, so interleaved SSRCs would eat the injected audio. Until the first injection
+        # the relay forwards packets untouched and only remembers the last one.
+        self._last_sent: bytes | bytearray | None = None
+        self._restamping = False
+        self._out_ssrc = 0
+        self._out_seq = 0
+        self._out_ts = 0
+        self._src_key: tuple[bool, int] | None = None
+        self._ts_delta = 0
         self.closed = False
         self.packets_in = 0
         self.bytes_in = 0
@@ -278,15 +299,55 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self._engine._update_pt_maps(self)
 
     def send_rtp(self, packet: bytes | bytearray) -> bool:
-        """Send a ready-made RTP packet to the remote (for playback); False if no remote."""
+        """Send a packet the switch generated (prompt, DTMF) to the remote; False if no remote.
+
+        It goes out re-stamped into this endpoint's outgoing stream (see ``_restamp``): the
+        SSRC the remote already hears, the next sequence number, a continuous timestamp.
+        """
         dest = self._rtp_dest
         transport = self._rtp_transport
         if dest is None or transport is None or self.closed:
             return False
-        transport.sendto(packet, dest)
+        if len(packet) < 12:
+            return False
+        if not self._restamping:
+            self._start_restamping()
+        transport.sendto(self._restamp(packet, True), dest)
         self.packets_out += 1
         self.bytes_out += len(packet)
         return True
+
+    def _start_restamping(self) -> None:
+        last = self._last_sent
+        if last is not None:
+            self._out_ssrc = int.from_bytes(last[8:12], "big")
+            self._out_seq = int.from_bytes(last[2:4], "big")
+            self._out_ts = int.from_bytes(last[4:8], "big")
+        else:
+            self._out_ssrc = secrets.randbits(32)
+            self._out_seq = secrets.randbits(16)
+            self._out_ts = secrets.randbits(32)
+        self._restamping = True
+
+    def _restamp(self, packet: bytes | bytearray, injected: bool) -> bytearray:
+        """Rewrite SSRC, sequence number and timestamp into the outgoing stream."""
+        out = bytearray(packet)
+        ssrc_in = int.from_bytes(out[8:12], "big")
+        ts_in = int.from_bytes(out[4:8], "big")
+        key = (injected, ssrc_in)
+        if key != self._src_key:
+            # A new source: continue one 20 ms frame after the last timestamp sent, and mark
+            # the start of a talk-spurt (RFC 3551 section 4.1) so the receiver re-syncs.
+            self._src_key = key
+            self._ts_delta = (self._out_ts + 160 - ts_in) & 0xFFFFFFFF
+            out[1] |= 0x80
+        ts_out = (ts_in + self._ts_delta) & 0xFFFFFFFF
+        self._out_seq = (self._out_seq + 1) & 0xFFFF
+        out[2:4] = self._out_seq.to_bytes(2, "big")
+        out[4:8] = ts_out.to_bytes(4, "big")
+        out[8:12] = self._out_ssrc.to_bytes(4, "big")
+        self._out_ts = ts_out
+        return out
 
     def send_rtcp(self, packet: bytes | bytearray) -> bool:
         """Send an RTCP packet to the remote's RTCP address; False if no remote."""
@@ -337,12 +398,19 @@ class RtpEndpoint(asyncio.DatagramProtocol):
             self.dropped_no_peer += 1
             return
         table = self._pt_map
-        if table is not None and table[data[1]] != data[1]:
+        if peer._restamping:
+            packet = peer._restamp(data, False)
+            if table is not None:
+                packet[1] = (packet[1] & 0x80) | (table[data[1]] & 0x7F)
+            transport.sendto(packet, dest)
+        elif table is not None and table[data[1]] != data[1]:
             # the legs number this codec differently: one copy to patch the PT octet
             packet = bytearray(data)
             packet[1] = table[data[1]]
+            peer._last_sent = packet
             transport.sendto(packet, dest)
         else:
+            peer._last_sent = data
             transport.sendto(data, dest)
         self.packets_relayed += 1
         peer.packets_out += 1

@@ -11,6 +11,7 @@ and from the CLI through :func:`run_switch`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 import signal
@@ -572,5 +573,12 @@ async def run_switch(config: Config) -> None:
         except (NotImplementedError, RuntimeError):
             pass
     async with Switch(config):
+        # A long-running server: move start-up objects out of the collector's sight and make
+        # young-generation collections rarer (per-call garbage dies young), which keeps the
+        # long full collections off the signalling path (measured: 75-550 ms pauses at 300
+        # calls per second with the defaults).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(20_000, 20, 20)
         await stop.wait()
         log.info("shutting down")

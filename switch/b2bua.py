@@ -594,6 +594,7 @@ class B2BUA:
         a.state = LegState.CONFIRMED
         a.final_status = 200
         a.outcome = Outcome.ANSWERED
+        a.q850 = 16
         self._respond(a, 200, body=body)
         self._emit("answered", call, leg, status=response.status)
         self._emit("bridged", call, leg, a_leg=a.id, b_leg=leg.id)
@@ -761,6 +762,14 @@ class B2BUA:
         self.calls.pop(call.id, None)
         for leg in legs:
             self.legs.pop(leg.id, None)
+            # Transactions outlive the call by up to 64*T1 (absorbing retransmissions); let
+            # them forget the leg so the finished call is freed young instead of surviving
+            # into the oldest GC generation. A leg whose INVITE is still pending keeps its
+            # link: a late 2xx must still be ACKed and hung up.
+            if leg.state not in (LegState.TRYING, LegState.EARLY):
+                for tx in (leg.server_tx, leg.client_tx):
+                    if tx is not None:
+                        tx.user_data = None
         self._emit(
             "completed", call, None,
             legs=[

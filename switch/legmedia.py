@@ -7,8 +7,9 @@ module hangs one ``on_packet`` hook on it that
 * decodes G.711 for the in-band detector when the leg negotiated no telephone-event (or when
   in-band detection is forced), since such a phone can only signal digits in the audio;
 * hands every packet to the recorders attached to the call;
-* swallows the packet (no relay) while the *other* leg hears a prompt from the switch, so the
-  prompt and the relayed audio never interleave in one RTP stream.
+* swallows the packet (no relay) while the *other* leg hears a prompt or DTMF from the switch,
+  so the switch's packets and the relayed audio never interleave in the one outgoing stream
+  (the endpoint re-stamps both into a single SSRC and sequence).
 
 SIP INFO digits are pushed in by the B2BUA. All three transports meet in one
 :class:`~media.dtmf.DtmfMerger`, which emits each press once.
@@ -104,9 +105,15 @@ class LegMedia:
         for tap in self.taps:
             tap(endpoint, data)
         peer = self.peer
-        if peer is not None and peer.player is not None and peer.player.playing:
-            return True  # the other leg is hearing a prompt: do not relay into it
+        if peer is not None and peer.injecting():
+            return True  # the other leg hears a prompt or our DTMF: do not relay into it
         return None
+
+    def injecting(self) -> bool:
+        """True while the switch is sending its own audio or DTMF to this leg."""
+        if self.player is not None and self.player.playing:
+            return True
+        return self._dtmf_busy_until > self._loop.time()
 
     def _telephone_event(self, data: bytes) -> None:
         hl = rtp_header_length(data)

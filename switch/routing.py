@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ class Unroutable:
 Target = ExtensionTarget | TrunkTarget | Unroutable
 
 
+@functools.lru_cache(maxsize=4096)
 def to_e164(number: str, default_country: str) -> str | None:
     """Normalise an E.164 or national number with ``phonenumbers``; None when not valid."""
     if not number or not _DIALLED.match(number) or "*" in number or "#" in number:

@@ -536,10 +536,23 @@ async def test_on_packet_hook_and_send_rtp(
     assert seen == [1, 2]
     assert ea.packets_in == 2 and ea.packets_relayed == 1
 
+    relayed = parse_rtp(data)
     prompt = rtp_packet(pt=8, seq=100, ssrc=0xABC, payload=b"\xd5" * 160)
     assert eb.send_rtp(prompt)
     data, source = await b.rtp.recv()
-    assert data == prompt and source == eb.local_address
+    assert source == eb.local_address
+    # The injected packet continues the stream b already hears (RFC 3550 section 8): same
+    # SSRC, next sequence number, a new talk-spurt (marker), the payload untouched.
+    injected = parse_rtp(data)
+    assert injected.ssrc == relayed.ssrc
+    assert injected.sequence == (relayed.sequence + 1) & 0xFFFF
+    assert injected.marker and injected.payload_type == 8
+    assert data[12:] == prompt[12:]
+    # Relayed packets after the injection stay in that stream: same SSRC, next sequence.
+    a.rtp.send(rtp_packet(seq=3, ssrc=0x5555), ea.local_address)
+    after = parse_rtp((await b.rtp.recv())[0])
+    assert after.ssrc == relayed.ssrc and after.sequence == (injected.sequence + 1) & 0xFFFF
+    assert after.timestamp != injected.timestamp
     assert eb.send_rtcp(rtcp_rr(5))
     assert (await b.rtcp.recv())[0] == rtcp_rr(5)
 
