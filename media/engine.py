@@ -37,6 +37,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .g711 import ALAW_TO_ULAW, ULAW_TO_ALAW
 from .rtp import is_rtcp, rtp_header_length
 from .sdp import Codec
 
@@ -97,6 +98,29 @@ def _build_pt_table(src: Sequence[Codec], dst: Sequence[Codec]) -> bytes | None:
     return bytes(table) if changed else None
 
 
+_G711 = ("PCMU", "PCMA")
+
+
+def _build_transcoder(
+    src: Sequence[Codec], dst: Sequence[Codec]
+) -> dict[int, tuple[int, bytes]] | None:
+    """PCMU <-> PCMA translation for ``src`` G.711 payload types the other leg did not
+    negotiate: {src PT: (dst PT, byte translation table)}; None when nothing needs it."""
+    dst_g711 = [c for c in dst if c.name.upper() in _G711]
+    if not dst_g711:
+        return None
+    result: dict[int, tuple[int, bytes]] = {}
+    for a in src:
+        name = a.name.upper()
+        if name not in _G711 or any(a.same_format(b) for b in dst):
+            continue
+        target = dst_g711[0]
+        table = ULAW_TO_ALAW if name == "PCMU" else ALAW_TO_ULAW
+        if target.name.upper() != name and 0 <= a.payload_type <= 127:
+            result[a.payload_type] = (target.payload_type, table)
+    return result or None
+
+
 class _RtcpProtocol(asyncio.DatagramProtocol):
     __slots__ = ("endpoint",)
 
@@ -142,6 +166,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         "_rtp_transport",
         "_src_key",
         "_ts_delta",
+        "_xcode",
         "bytes_in",
         "bytes_out",
         "closed",
@@ -186,6 +211,8 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         # change, so interleaved SSRCs would eat the injected audio. Until the first injection
         # the relay forwards packets untouched and only remembers the last one.
         self._last_sent: bytes | bytearray | None = None
+        # G.711 transcoding toward the peer (PCMU <-> PCMA), only when the legs share no codec.
+        self._xcode: dict[int, tuple[int, bytes]] | None = None
         self._restamping = False
         self._out_ssrc = 0
         self._out_seq = 0
@@ -397,6 +424,17 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         if dest is None or transport is None:
             self.dropped_no_peer += 1
             return
+        xcode = self._xcode
+        if xcode is not None:
+            entry = xcode.get(data[1] & 0x7F)
+            if entry is not None:
+                # RFC 3551 G.711 mu-law and A-law differ only in their octet coding: one
+                # table lookup per sample (G.711 Appendix/Table 3 style conversion).
+                hl = rtp_header_length(data)
+                converted = bytearray(data[:hl])
+                converted += data[hl:].translate(entry[1])
+                converted[1] = (data[1] & 0x80) | entry[0]
+                data = bytes(converted)
         table = self._pt_map
         if peer._restamping:
             packet = peer._restamp(data, False)
@@ -593,8 +631,10 @@ class MediaEngine:
         if peer is not None:
             peer._peer = None
             peer._pt_map = None
+            peer._xcode = None
         a._peer = None
         a._pt_map = None
+        a._xcode = None
 
     @property
     def stats(self) -> dict[str, int]:
@@ -678,6 +718,9 @@ class MediaEngine:
         peer = endpoint._peer
         if peer is None:
             endpoint._pt_map = None
+            endpoint._xcode = None
             return
         endpoint._pt_map = _build_pt_table(endpoint.codecs, peer.codecs)
         peer._pt_map = _build_pt_table(peer.codecs, endpoint.codecs)
+        endpoint._xcode = _build_transcoder(endpoint.codecs, peer.codecs)
+        peer._xcode = _build_transcoder(peer.codecs, endpoint.codecs)

@@ -396,8 +396,14 @@ class B2BUA:
             self._fail_a(call, 488, "Unusable media address")
             return
         a.local_sdp = None
+        # Leg B is offered the caller's codecs first, then any G.711 law the caller lacks:
+        # if the callee only speaks the other law, the relay transcodes (PCMU <-> PCMA).
+        have = {c.name.upper() for c in codecs_a}
+        extra = [c for c in DEFAULT_CODECS if c.name.upper() not in have]
+        used_pts = {c.payload_type for c in codecs_a}
+        codecs_b = list(codecs_a) + [c for c in extra if c.payload_type not in used_pts]
         b_offer = build_offer(
-            call.b_rtp.local_address[0], call.b_rtp.local_address[1], codecs_a,
+            call.b_rtp.local_address[0], call.b_rtp.local_address[1], codecs_b,
             session_id=secrets.randbelow(2**31),
         )
         call_id = f"{uuid.uuid4().hex}@{self.stack.address}"
@@ -530,7 +536,13 @@ class B2BUA:
                 if fork.codecs:
                     chosen_names = [c.name.lower() for c in fork.codecs]
                     break
-        codecs = [c for c in a.codecs if c.name.lower() in chosen_names] or a.codecs
+        codecs = [c for c in a.codecs if c.name.lower() in chosen_names] or list(a.codecs)
+        if not any(c.name.upper() in ("PCMU", "PCMA") for c in codecs):
+            # The callee chose a law the caller did not offer: answer the caller with its own
+            # first G.711 codec and let the relay transcode.
+            first = next((c for c in a.codecs if c.name.upper() in ("PCMU", "PCMA")), None)
+            if first is not None:
+                codecs.insert(0, first)
         if a.late_offer:
             late = build_offer(a.rtp.local_address[0], a.rtp.local_address[1], codecs,
                                session_id=secrets.randbelow(2**31))
