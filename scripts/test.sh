@@ -39,6 +39,6 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 "$PYTHON" -m pip install -q -e '.[test]'
 
 # --- lint, types, tests ----------------------------------------------------------------------
-"$PYTHON" -m ruff check sip media switch tests
+"$PYTHON" -m ruff check sip media switch tests bench
 "$PYTHON" -m mypy
 "$PYTHON" -m pytest -q "$@"
