@@ -11,12 +11,13 @@ and from the CLI through :func:`run_switch`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import secrets
 import signal
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,17 @@ from sip.transaction import (
 )
 from sip.uri import parse_name_addr, parse_uri
 from switch.b2bua import ALLOW, B2BUA, Call, CallEvent, ForkTarget, Leg
-from switch.config import Config, Trunk
+from switch.calendar import ServiceHours
+from switch.clock import Clock, SystemClock
+from switch.config import Config, ConfigError, Trunk
+from switch.control import CallControl, DestinationError
+from switch.flows import Flow
+from switch.limits import Limits
 from switch.registrar import LocationService, Registrar
 from switch.routing import ExtensionTarget, Router, TrunkTarget, Unroutable
+from switch.scheduler import Scheduler
+from switch.store import Store, StoreError
+from switch.webhooks import HmacSha256Signer, WebhookDispatcher, WebhookTarget
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +145,16 @@ class TrunkRegistration:
         return 0
 
 
-class Switch:
-    """The whole switch: SIP (UDP+TCP), RTP, registrar, B2BUA and the HTTP server."""
+Service = Callable[[Call], Awaitable[None]]
 
-    def __init__(self, config: Config) -> None:
+
+class Switch(CallControl):
+    """The whole switch: SIP (UDP+TCP), RTP, registrar, B2BUA, call control, store,
+    webhooks, scheduler and the HTTP server."""
+
+    def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
         self.config = config
+        self.clock: Clock = clock or SystemClock()
         self.counters: Counter[str] = Counter()
         secret = config.auth.secret.encode() if config.auth.secret else secrets.token_bytes(32)
         self.digest = DigestServer(
@@ -183,8 +197,41 @@ class Switch:
         self._trunk_sources = {
             (t.host, t.port): t for t in config.trunks
         }
+        # ---- call control: limits, flows, sessions, store, webhooks, scheduler -----------
+        self.limits = Limits(config.limits)
+        self.flows = _load_flows(config, self.prompts)
+        self._sessions = {}
+        self.recent_cdrs = OrderedDict()
+        self._cdr_sinks = [self._store_cdr]
+        self.b2bua.on_call_end = self._call_ended
+        self.services: dict[str, Service] = {}
+        for name, flow in self.flows.items():
+            if flow.number:
+                self.services[flow.number] = self._flow_service(name)
+        for queue in config.queues:
+            if queue.number:
+                self.services[queue.number] = self._queue_service(queue.name)
+        self.store = Store(_store_url(config.store.url))
+        self.webhooks = WebhookDispatcher(self.store, [
+            WebhookTarget(
+                name=w.name, url=w.url, events=w.events,
+                signer=HmacSha256Signer(w.secret) if w.secret else None,
+                connect_timeout=w.connect_timeout, read_timeout=w.read_timeout,
+                max_attempts=w.max_attempts,
+            ) for w in config.webhooks
+        ])
+        self._webhook_events = {e for w in config.webhooks for e in w.events}
+        self.calendars = {name: ServiceHours.from_config(dict(raw))
+                          for name, raw in config.service_hours.items()}
+        self.scheduler = Scheduler(self.store, self._place_scheduled, clock=self.clock,
+                                   calendars=self.calendars, on_update=self._job_updated)
+        self.outcomes: Counter[str] = Counter()
+        self._store_ok = False
+        self._background: set[asyncio.Task[Any]] = set()
+        self._watch_task: asyncio.Task[None] | None = None
         self.trunk_registrations = [TrunkRegistration(self, t) for t in config.trunks if t.register]
         self._http: Any = None
+        self.http_installers: list[Callable[[Any, Switch], None]] = []
         self._started = False
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -197,15 +244,25 @@ class Switch:
         await self.stop()
 
     async def start(self) -> None:
-        """Bind SIP, RTP and HTTP; start trunk registrations."""
+        """Open the store; bind SIP, RTP and HTTP; start trunk registrations, webhook
+        delivery and the scheduler."""
+        try:
+            await self.store.start()
+        except StoreError as exc:
+            raise ConfigError("store.url", str(exc)) from None
+        self._store_ok = True
         await self.media.start()
         await self.stack.start()
+        await self.webhooks.start()
+        self.subscribe(self._event_to_webhooks)
         if self.config.http.enabled:
-            from switch.http import HttpServer, create_app
+            from switch.http import HttpServer
 
             self._http = HttpServer()
-            await self._http.start(create_app(self.health), self.config.http.address,
+            await self._http.start(self.http_app(), self.config.http.address,
                                    self.config.http.port)
+        self._watch_task = asyncio.get_running_loop().create_task(self._watch_store())
+        await self.scheduler.start()
         for reg in self.trunk_registrations:
             reg.start()
         self._started = True
@@ -222,6 +279,7 @@ class Switch:
         if not self._started:
             return
         self._started = False
+        await self.scheduler.stop()
         await self.b2bua.shutdown()
         for reg in self.trunk_registrations:
             await reg.stop()
@@ -231,12 +289,136 @@ class Switch:
             await self._http.stop()
         await self.stack.close()
         await self.media.close()
+        # CDR and outbox writes started by the last calls finish before the store closes.
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+        pending = [t for t in self._background if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
+        await self.webhooks.stop()
+        await self.store.close()
+        self._store_ok = False
+
+    def http_app(self) -> Any:
+        """The FastAPI application: /healthz, the native /v1 API, /metrics, /docs, and any
+        routers the front-ends add."""
+        from switch.http import create_app
+
+        app = create_app(self.health)
+        try:
+            from switch.api import install_api
+        except ImportError:  # pragma: no cover - the API module ships with the package
+            return app
+        install_api(app, self)
+        for install in self.http_installers:
+            install(app, self)
+        return app
+
+    def _spawn_bg(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _watch_store(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            try:
+                self._store_ok = await asyncio.wait_for(self.store.ping(), 5.0)
+            except Exception:
+                self._store_ok = False
+
+    # ---- CDRs, webhooks, scheduled calls ---------------------------------------------------
+
+    def _store_cdr(self, cdr: dict[str, Any]) -> None:
+        self.outcomes[str(cdr.get("outcome"))] += 1
+        self._spawn_bg(self._persist_cdr(cdr))
+
+    async def _persist_cdr(self, cdr: dict[str, Any]) -> None:
+        try:
+            for rec in cdr.get("recordings", []):
+                await self.store.add_recording({
+                    "id": rec["id"], "call_id": cdr["call_id"], "path": rec.get("path"),
+                    "started_at": rec.get("start"), "duration": rec.get("duration"),
+                    "channels": rec.get("channels"), "sample_rate": rec.get("sample_rate"),
+                    "legs": [leg["leg_id"] for leg in cdr.get("legs", [])],
+                })
+            await self.store.add_cdr(cdr)
+            if "cdr" in self._webhook_events or "*" in self._webhook_events:
+                await self.webhooks.emit("cdr", cdr, event_id=f"cdr-{cdr['call_id']}")
+        except Exception:
+            log.exception("storing the CDR of call %s failed", cdr.get("call_id"))
+
+    def _event_to_webhooks(self, event: CallEvent) -> None:
+        if event.name not in self._webhook_events and "*" not in self._webhook_events:
+            return
+        payload = {"seq": event.seq, "time": event.time, "call_id": event.call_id,
+                   "leg_id": event.leg_id, **event.data}
+        self._spawn_bg(self.webhooks.emit(event.name, payload,
+                                          event_id=f"{event.call_id}-{event.seq}"))
+
+    async def _place_scheduled(self, job_id: str, request: dict[str, Any]) -> str:
+        """The scheduler's hook: originate a stored request and wait for the first leg's
+        outcome."""
+        loop = asyncio.get_running_loop()
+        first: asyncio.Future[str] = loop.create_future()
+
+        def on_first(outcome: Any) -> None:
+            if not first.done():
+                first.set_result(str(outcome))
+
+        options = dict(request)
+        destination = str(options.pop("destination"))
+        tags = dict(options.pop("tags", {}) or {})
+        tags["job_id"] = job_id
+        try:
+            self.originate(destination, tags=tags, on_first_outcome=on_first, **options)
+        except (DestinationError, ValueError, TypeError) as exc:
+            log.warning("scheduled call %s cannot be placed: %s", job_id, exc)
+            return "rejected"
+        return await first
+
+    def _job_updated(self, job: dict[str, Any]) -> None:
+        if "schedule" in self._webhook_events or "*" in self._webhook_events:
+            self._spawn_bg(self.webhooks.emit("schedule", job))
+
+    # ---- services: numbers answered by the switch itself -----------------------------------
+
+    def add_service(self, number: str, service: Service) -> None:
+        """Answer calls to ``number`` locally and run ``service(call)`` (front-ends use this:
+        quick dial, IVRs). The number must not be an extension."""
+        if self.router.is_extension(number):
+            raise ValueError(f"{number} is an extension")
+        self.services[number] = service
+
+    def _flow_service(self, name: str) -> Service:
+        async def service(call: Call) -> None:
+            assert call.a is not None
+            await self.run_flow(call.a, name)
+        return service
+
+    def _queue_service(self, name: str) -> Service:
+        async def service(call: Call) -> None:
+            assert call.a is not None
+            outcome = await self.connect(call.a, f"queue:{name}")
+            if outcome.value != "answered" and not call.ended:
+                with contextlib.suppress(Exception):
+                    await self.play_and_wait(call.a.id, "unavailable")
+                self.b2bua.hangup(call)
+        return service
+
+    def _start_service(self, service: Service) -> Callable[[Call], None]:
+        def start(call: Call) -> None:
+            session = self._session(call)
+            self._spawn(session, service(call))
+        return start
 
     def health(self) -> dict[str, bool]:
         """Component health for /healthz."""
         return {
             "sip": self.stack.running,
             "rtp": self.media.running,
+            "store": self._store_ok,
         }
 
     # ---- call control (Python API) -------------------------------------------------------------
@@ -515,6 +697,24 @@ class Switch:
                 return
             caller = auth
             caller_name = self._names.get(auth) or from_na.display
+            service = self.services.get(dialled)
+            if service is not None:
+                self.b2bua.new_call(
+                    request, tx, source, transport, caller=caller, caller_name=caller_name,
+                    targets=[], callee=dialled, local=self._start_service(service),
+                )
+                return
+            group = next((g for g in self.config.groups if g.number == dialled), None)
+            if group is not None:
+                forks = [f for m in group.members
+                         for f in self._fork_targets(ExtensionTarget(m), now)]
+                if not forks:
+                    self.stack.send_response(tx, build_response(
+                        request, 480, "Not Registered", to_tag=new_tag()))
+                    return
+                self.b2bua.new_call(request, tx, source, transport, caller=caller,
+                                    caller_name=caller_name, targets=forks, callee=dialled)
+                return
             target = self.router.route_outbound(dialled)
         if isinstance(target, Unroutable):
             self.stack.send_response(
@@ -554,6 +754,32 @@ class Switch:
                 dest, transport = binding.source, "tcp"
             forks.append(ForkTarget(binding.contact, to_uri, dest, transport))
         return forks
+
+
+def _store_url(url: str) -> str:
+    """``sqlite:///x.db`` (the documented form) means the async SQLite driver."""
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url[len("sqlite:///"):]
+    if url.startswith("postgresql://"):
+        return "postgresql+asyncpg://" + url[len("postgresql://"):]
+    return url
+
+
+def _load_flows(config: Config, prompts: PromptLibrary) -> dict[str, Flow]:
+    """Validate the configured call flows now, so a flow that cannot run fails at start."""
+    from switch.flows import FlowError, load_flows
+
+    def exists(name: str) -> bool:
+        try:
+            prompts.resolve(name)
+        except Exception:
+            return False
+        return True
+
+    try:
+        return load_flows([dict(f) for f in config.flows], exists)
+    except FlowError as exc:
+        raise ConfigError("flows", str(exc)) from None
 
 
 def _unsupported_requirements(request: Request) -> list[str]:

@@ -144,6 +144,8 @@ class Leg:
     media: LegMedia | None = None
     digits: list[str] = field(default_factory=list)
     late_offer: bool = False  # INVITE without SDP: we offer in the 2xx, the ACK answers
+    group: Group | None = None  # a leg the switch originated (see B2BUA.originate)
+    bridged_to: Leg | None = None
 
 
 @dataclass(eq=False)
@@ -166,6 +168,39 @@ class Call:
     max_forwards: int = 70
     recorders: list[CallRecorder] = field(default_factory=list)
     recordings: list[dict[str, Any]] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)  # legs the switch originated
+    endpoints: list[RtpEndpoint] = field(default_factory=list)  # their RTP endpoints
+    variables: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, Any] = field(default_factory=dict)  # front-end ids, tenant, caller ID...
+    answered_locally: bool = False
+
+
+@dataclass(eq=False)
+class Group:
+    """A leg the switch originated: one public leg id, one RTP endpoint, and the SIP forks
+    that ring in parallel for it (every contact of an extension, every member of a ring group);
+    the first fork to answer becomes the leg."""
+
+    call: Call
+    id: str
+    destination: str
+    forks: list[Leg] = field(default_factory=list)
+    endpoint: RtpEndpoint | None = None
+    winner: Leg | None = None
+    ring_timer: asyncio.TimerHandle | None = None
+    result: asyncio.Future[Outcome] | None = None
+    early_media: bool = False
+    outcome: Outcome | None = None
+    status: int | None = None
+    q850: int | None = None
+    started_at: float = field(default_factory=time.time)
+    answered_at: float | None = None
+    ended_at: float | None = None
+
+    @property
+    def leg(self) -> Leg | None:
+        """The leg that answered, else the first fork (for its state and outcome)."""
+        return self.winner or (self.forks[0] if self.forks else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +244,8 @@ class B2BUA:
         self.record_calls = record_calls
         self._seq = 0
         self.legs: dict[str, Leg] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.on_call_end: Callable[[Call], None] | None = None
 
     # ---- helpers ---------------------------------------------------------------------------
 
@@ -241,7 +278,9 @@ class B2BUA:
     def _tap(self, call: Call, recorder: CallRecorder, leg: Leg) -> None:
         if leg.media is None:
             return
-        index = 0 if leg is call.a else 1
+        first = call.a if call.a is not None else (
+            call.groups[0].winner if call.groups else None)
+        index = 0 if leg is first else 1
         pts = {c.payload_type: c.name.upper() for c in leg.codecs
                if c.name.upper() in ("PCMU", "PCMA")}
         leg.media.taps.append(recorder.packet_hook(index, pts or None))
@@ -316,8 +355,14 @@ class B2BUA:
         caller_name: str | None,
         targets: list[ForkTarget],
         callee: str,
+        local: Callable[[Call], object] | None = None,
     ) -> Call:
-        """Accept an authenticated, routed INVITE and place leg B toward ``targets``."""
+        """Accept an authenticated, routed INVITE and place leg B toward ``targets``.
+
+        With ``local`` (a service of the switch itself: a call flow, quick dial...), no leg B is
+        placed: the switch answers leg A and calls ``local(call)``, which drives the call
+        (play, gather, originate and bridge) through the call-control verbs.
+        """
         call = Call(caller=caller, callee=callee)
         a = Leg(call=call, role="uas", transport=transport, dest=source, invite=request,
                 server_tx=tx, target=caller)
@@ -334,7 +379,7 @@ class B2BUA:
         self._respond(a, 100)
         self._emit("initiated", call, a, caller=caller, callee=callee)
         asyncio.get_running_loop().create_task(
-            self._start_call(call, request, targets, caller, caller_name, callee)
+            self._start_call(call, request, targets, caller, caller_name, callee, local)
         )
         return call
 
@@ -357,6 +402,7 @@ class B2BUA:
         caller: str,
         caller_name: str | None,
         callee: str,
+        local: Callable[[Call], object] | None = None,
     ) -> None:
         a = call.a
         assert a is not None
@@ -378,7 +424,8 @@ class B2BUA:
                 return
         try:
             a.rtp = await self.media.allocate()
-            call.b_rtp = await self.media.allocate()
+            if local is None:
+                call.b_rtp = await self.media.allocate()
         except Exception:
             log.exception("no RTP ports for call %s", call.id)
             self._fail_a(call, 503, "No media ports")
@@ -396,6 +443,10 @@ class B2BUA:
             self._fail_a(call, 488, "Unusable media address")
             return
         a.local_sdp = None
+        if local is not None:
+            self._answer_locally(call, local)
+            return
+        assert call.b_rtp is not None
         # Leg B is offered the caller's codecs first, then any G.711 law the caller lacks:
         # if the callee only speaks the other law, the relay transcodes (PCMU <-> PCMA).
         have = {c.name.upper() for c in codecs_a}
@@ -406,9 +457,17 @@ class B2BUA:
             call.b_rtp.local_address[0], call.b_rtp.local_address[1], codecs_b,
             session_id=secrets.randbelow(2**31),
         )
+        self._send_forks(call, targets, b_offer.to_bytes(), caller, caller_name)
+        loop = asyncio.get_running_loop()
+        call.ring_timer = loop.call_later(self.ring_timeout, self._ring_timeout, call)
+
+    def _send_forks(self, call: Call, targets: list[ForkTarget], body: bytes, caller: str,
+                    caller_name: str | None, group: Group | None = None) -> None:
+        """Send one INVITE per target, all in one Call-ID with one From tag (parallel forking,
+        RFC 3261 section 16.7 done by the UAC side of a B2BUA)."""
         call_id = f"{uuid.uuid4().hex}@{self.stack.address}"
         from_tag = new_tag()
-        display = f'"{caller_name}" ' if caller_name else ""
+        display = f"{quote_display(caller_name)} " if caller_name else ""
         from_host = self.stack.address
         for target in targets:
             user = caller
@@ -428,16 +487,19 @@ class B2BUA:
                     ("Content-Type", "application/sdp"),
                 ]
             )
-            invite = Request(method="INVITE", uri=target.request_uri, headers=headers,
-                             body=b_offer.to_bytes())
+            invite = Request(method="INVITE", uri=target.request_uri, headers=headers, body=body)
             leg = Leg(call=call, role="uac", transport=target.transport, dest=target.dest,
-                      invite=invite, trunk=target.trunk, target=target.request_uri)
+                      invite=invite, trunk=target.trunk, target=target.request_uri, group=group)
             call.forks.append(leg)
-            self.legs[leg.id] = leg
-            self._emit("leg-initiated", call, leg, target=target.request_uri)
+            if group is not None:
+                # Every fork of an originated leg carries the leg's public id.
+                leg.id = group.id
+                group.forks.append(leg)
+                self.legs.setdefault(group.id, leg)
+            else:
+                self.legs[leg.id] = leg
+                self._emit("leg-initiated", call, leg, target=target.request_uri)
             leg.client_tx = self.stack.send_request(invite, target.dest, target.transport, leg)
-        loop = asyncio.get_running_loop()
-        call.ring_timer = loop.call_later(self.ring_timeout, self._ring_timeout, call)
 
     def _fail_a(self, call: Call, status: int, reason: str | None = None,
                 *, outcome: Outcome | None = None) -> None:
@@ -452,10 +514,363 @@ class B2BUA:
             a.state = LegState.TERMINATED
         self._end_call(call)
 
+    # ---- calls answered by the switch itself, legs the switch originates -------------------
+
+    def _answer_locally(self, call: Call, service: Callable[[Call], object]) -> None:
+        """Answer leg A from our own endpoint and hand the call to a switch service."""
+        a = call.a
+        assert a is not None
+        try:
+            body = self._a_answer_sdp(call)
+        except (SdpError, ValueError):
+            self._fail_a(call, 488, "Not Acceptable Here")
+            return
+        now = time.time()
+        call.answered_locally = True
+        call.answered_at = a.answered_at = now
+        a.state = LegState.CONFIRMED
+        a.final_status = 200
+        a.outcome = Outcome.ANSWERED
+        a.q850 = 16
+        self._respond(a, 200, body=body)
+        self._emit("answered", call, a, status=200, local=True)
+        try:
+            service(call)
+        except Exception:
+            log.exception("service for call %s failed", call.id)
+            self.hangup(call)
+
+    def originate(
+        self,
+        targets: list[ForkTarget],
+        *,
+        destination: str,
+        caller: str,
+        caller_name: str | None = None,
+        call: Call | None = None,
+        ring_timeout: float | None = None,
+        leg_id: str | None = None,
+    ) -> Group:
+        """Place a leg from the switch toward ``targets`` (forked in parallel; the first to
+        answer is the leg). Returns at once with the leg's id; ``group.result`` resolves with
+        the leg's outcome when it answers or ends. Without ``call`` a new call is created."""
+        loop = asyncio.get_running_loop()
+        if call is None:
+            call = Call(caller=caller, callee=destination)
+            call.max_forwards = self.max_forwards
+            self.calls[call.id] = call
+            self._emit("initiated", call, None, caller=caller, callee=destination,
+                       originated=True)
+        if call.ended:
+            raise RuntimeError(f"call {call.id} has ended")
+        group = Group(call=call, id=leg_id or str(uuid.uuid4()), destination=destination)
+        group.result = loop.create_future()
+        call.groups.append(group)
+        self._emit_leg("leg-initiated", call, group.id, destination=destination)
+        task = loop.create_task(self._place_group(group, targets, caller, caller_name,
+                                                  ring_timeout or self.ring_timeout))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return group
+
+    async def _place_group(self, group: Group, targets: list[ForkTarget], caller: str,
+                           caller_name: str | None, ring_timeout: float) -> None:
+        call = group.call
+        if not targets:
+            self._group_fail(group, 480, "Temporarily Unavailable")
+            return
+        try:
+            endpoint = await self.media.allocate()
+        except Exception:
+            log.exception("no RTP ports for leg %s", group.id)
+            self._group_fail(group, 503, "No media ports")
+            return
+        if call.ended or (group.result is not None and group.result.done()):
+            endpoint.close()
+            self._group_fail(group, 487, "Request Terminated", outcome=Outcome.CANCELED)
+            return
+        group.endpoint = endpoint
+        call.endpoints.append(endpoint)
+        offer = build_offer(endpoint.local_address[0], endpoint.local_address[1],
+                            list(DEFAULT_CODECS), session_id=secrets.randbelow(2**31))
+        self._send_forks(call, targets, offer.to_bytes(), caller, caller_name, group)
+        group.ring_timer = asyncio.get_running_loop().call_later(
+            ring_timeout, self._group_ring_timeout, group)
+
+    def _emit_leg(self, name: str, call: Call, leg_id: str, **data: Any) -> None:
+        self._seq += 1
+        if self._on_event is None:
+            return
+        event = CallEvent(self._seq, time.time(), name, call.id, leg_id, data)
+        try:
+            self._on_event(event)
+        except Exception:
+            log.exception("event hook failed")
+
+    def _group_response(self, leg: Leg, response: Response, tx: ClientTransaction | None) -> None:
+        group = leg.group
+        assert group is not None
+        call = leg.call
+        status = response.status
+        if status < 200:
+            leg.got_provisional = True
+            if leg.cancel_pending:
+                self._send_cancel(leg)
+                return
+            if call.ended or leg.state == LegState.TERMINATED or group.winner is not None:
+                return
+            if leg.dialog is None and leg.invite is not None:
+                try:
+                    to_tag = parse_name_addr(response.first("To")).tag
+                except SipParseError:
+                    to_tag = None
+                if to_tag:
+                    leg.dialog = Dialog.uac(leg.invite, response)
+                    self._index(leg)
+            first = not any(f.state == LegState.EARLY for f in group.forks)
+            leg.state = LegState.EARLY
+            if first:
+                self._emit("ringing", call, leg, status=status)
+            if response.body and not group.early_media and self._take_answer(leg, response):
+                group.early_media = True
+                self._emit("early-media", call, leg)
+            return
+        if status < 300:
+            assert tx is not None
+            self._group_answered(leg, response, tx)
+            return
+        if status in (401, 407) and self._retry_with_auth(leg, response):
+            return
+        leg.final_status = status
+        if leg.outcome is None:
+            leg.outcome = outcome_for(status)
+        leg.q850 = q850_for(status)
+        leg.state = LegState.TERMINATED
+        leg.ended_at = time.time()
+        self._unindex(leg)
+        if any(f.state in (LegState.TRYING, LegState.EARLY) for f in group.forks):
+            return
+        finals = [f.final_status for f in group.forks if f.final_status]
+        best = _best_status([s for s in finals if s is not None]) or status
+        outcomes = {f.outcome for f in group.forks}
+        outcome = Outcome.NO_ANSWER if Outcome.NO_ANSWER in outcomes else None
+        if best in (401, 407):
+            best = 502
+        self._group_fail(group, best, response.reason if best == status else None,
+                         outcome=outcome)
+
+    def _take_answer(self, leg: Leg, response: Response) -> bool:
+        """Point an originated leg's endpoint at the SDP answer in ``response``."""
+        group = leg.group
+        assert group is not None
+        if group.endpoint is None:
+            return False
+        try:
+            answer = SessionDescription.parse(response.body)
+            codecs = audio_codecs(answer)
+            if not codecs:
+                return False
+            group.endpoint.set_remote(remote_rtp_address(answer), codecs)
+        except (SdpError, ValueError):
+            return False
+        leg.codecs = codecs
+        leg.rtp = group.endpoint
+        if leg.media is None:
+            for other in group.forks:  # an early-media fork lost: its detector moves over
+                if other is not leg and other.media is not None:
+                    leg.media, other.media = other.media, None
+                    other.rtp = None
+        self._attach_media(leg, group.endpoint, codecs)
+        return True
+
+    def _group_answered(self, leg: Leg, response: Response, tx: ClientTransaction) -> None:
+        group = leg.group
+        assert group is not None and leg.invite is not None
+        call = leg.call
+        if leg.dialog is None or leg.dialog.remote_tag != parse_name_addr(response.first("To")).tag:
+            self._unindex(leg)
+            leg.dialog = Dialog.uac(leg.invite, response)
+        else:
+            leg.dialog.update_remote_target(response)
+        self._index(leg)
+        leg.dest, leg.transport = self._dialog_dest(leg)
+        cseq, _ = response.cseq
+        self.stack.send_ack(tx, leg.dialog.create_ack(cseq, via=self.stack.via(leg.transport)))
+        done = group.result is not None and group.result.done()
+        if call.ended or group.winner is not None or done:
+            leg.state = LegState.CONFIRMED
+            self._send_bye(leg)  # too late: another fork won or the leg was given up
+            return
+        leg.state = LegState.CONFIRMED
+        if not response.body or not self._take_answer(leg, response):
+            if not group.early_media:
+                self._send_bye(leg)
+                self._group_fail(group, 488, "Not Acceptable Here")
+                return
+            leg.rtp = group.endpoint
+        group.winner = leg
+        self.legs[group.id] = leg
+        if group.ring_timer is not None:
+            group.ring_timer.cancel()
+            group.ring_timer = None
+        for other in group.forks:
+            if other is not leg and other.state in (LegState.TRYING, LegState.EARLY):
+                other.outcome = Outcome.CANCELED
+                self._cancel_fork(other)
+        now = time.time()
+        leg.final_status = response.status
+        leg.outcome = group.outcome = Outcome.ANSWERED
+        leg.q850 = group.q850 = 16
+        group.status = response.status
+        leg.answered_at = group.answered_at = now
+        if call.answered_at is None:
+            call.answered_at = now
+        self._emit("answered", call, leg, status=response.status)
+        if group.result is not None and not group.result.done():
+            group.result.set_result(Outcome.ANSWERED)
+
+    def _group_ring_timeout(self, group: Group) -> None:
+        group.ring_timer = None
+        if group.winner is not None:
+            return
+        for fork in group.forks:
+            if fork.state in (LegState.TRYING, LegState.EARLY):
+                fork.outcome = Outcome.NO_ANSWER
+                self._cancel_fork(fork)
+        self._group_fail(group, 480, "No Answer", outcome=Outcome.NO_ANSWER)
+
+    def _group_fail(self, group: Group, status: int, reason: str | None = None,
+                    *, outcome: Outcome | None = None) -> None:
+        """An originated leg ended without answering."""
+        if group.result is not None and group.result.done():
+            return
+        call = group.call
+        if group.ring_timer is not None:
+            group.ring_timer.cancel()
+            group.ring_timer = None
+        group.status = status
+        group.outcome = outcome or outcome_for(status)
+        group.q850 = q850_for(status)
+        group.ended_at = time.time()
+        for fork in group.forks:
+            if fork.state in (LegState.TRYING, LegState.EARLY):
+                fork.outcome = group.outcome
+                self._cancel_fork(fork)
+        rep = group.leg
+        if rep is not None:
+            rep.final_status, rep.outcome, rep.q850 = status, group.outcome, group.q850
+        self._emit_leg("leg-completed", call, group.id, outcome=group.outcome.value,
+                       sip_status=status, q850=group.q850, reason=reason)
+        if group.result is not None:
+            group.result.set_result(group.outcome)
+        if not self._call_alive(call):
+            self._end_call(call)
+
+    def _call_alive(self, call: Call) -> bool:
+        """True while any leg of the call is up or still ringing."""
+        a = call.a
+        if a is not None and a.state != LegState.TERMINATED:
+            return True
+        for group in call.groups:
+            if group.result is not None and not group.result.done():
+                return True
+            if group.winner is not None and group.winner.state == LegState.CONFIRMED:
+                return True
+        return False
+
+    def bridge(self, x: Leg, y: Leg) -> None:
+        """Connect the media of two answered legs (of one call, or of two calls, which then
+        become one: one CDR links both legs)."""
+        for leg in (x, y):
+            if leg.state != LegState.CONFIRMED or leg.rtp is None or leg.media is None:
+                raise ValueError(f"leg {leg.id} is not answered")
+        if x is y:
+            raise ValueError("cannot bridge a leg to itself")
+        if x.call is not y.call:
+            self._merge(x.call, y.call)
+        call = x.call
+        for leg in (x, y):
+            other = leg.bridged_to
+            if other is not None and other not in (x, y):
+                other.bridged_to = None
+                if other.media is not None:
+                    other.media.peer = None
+            assert leg.media is not None
+            leg.media.stop_playback()
+        assert x.rtp is not None and y.rtp is not None and x.media and y.media
+        self.media.bridge(x.rtp, y.rtp)
+        x.media.peer, y.media.peer = y.media, x.media
+        x.bridged_to, y.bridged_to = y, x
+        if call.answered_at is None:
+            call.answered_at = time.time()
+        call.tags.setdefault("bridged_at", time.time())
+        want = call.tags.get("record")
+        if (want is True or (want is None and self.record_calls)) and not call.recorders \
+                and self.record_dir is not None:
+            self.start_recording(call, self.record_dir / f"{call.id}.wav")
+        else:
+            for recorder in call.recorders:  # a leg joined a recorded call
+                for leg in (x, y):
+                    self._tap(call, recorder, leg)
+        self._emit("bridged", call, x, a_leg=x.id, b_leg=y.id)
+
+    def _merge(self, dst: Call, src: Call) -> None:
+        """Move every leg of ``src`` into ``dst`` (bridging legs of two calls)."""
+        moved = ([src.a] if src.a is not None else []) + src.forks
+        for leg in moved:
+            leg.call = dst
+        dst.forks.extend(moved)
+        for group in src.groups:
+            group.call = dst
+        dst.groups.extend(src.groups)
+        dst.endpoints.extend(src.endpoints)
+        for ep in (src.a.rtp if src.a else None, src.b_rtp):
+            if ep is not None:
+                dst.endpoints.append(ep)
+        dst.recorders.extend(src.recorders)
+        dst.recordings.extend(src.recordings)
+        for key, value in src.variables.items():
+            dst.variables.setdefault(key, value)
+        if src.ring_timer is not None:
+            src.ring_timer.cancel()
+        src.ended = True
+        self.calls.pop(src.id, None)
+        self._emit("merged", dst, None, from_call=src.id)
+
+    def hangup_leg(self, leg: Leg) -> None:
+        """End one leg (BYE when answered, CANCEL or a final response while it rings); the
+        call ends when no leg is left."""
+        call = leg.call
+        group = leg.group
+        if group is not None and group.winner is None:
+            self._group_fail(group, 487, "Request Terminated", outcome=Outcome.CANCELED)
+            return
+        if leg is call.a and leg.state in (LegState.TRYING, LegState.EARLY):
+            self.hangup(call)
+            return
+        if leg.state == LegState.CONFIRMED:
+            self._send_bye(leg)
+            if group is not None:
+                group.ended_at = leg.ended_at
+            other = leg.bridged_to
+            if other is not None:
+                other.bridged_to = None
+                if other.media is not None:
+                    other.media.peer = None
+                if leg.rtp is not None:
+                    self.media.unbridge(leg.rtp)
+            self._emit("hangup", call, leg, by="switch")
+        if not self._call_alive(call):
+            self._end_call(call)
+
     # ---- responses on leg B ----------------------------------------------------------------
 
     def on_response(self, leg: Leg, response: Response, tx: ClientTransaction) -> None:
         """A response for one of our INVITEs (a fork of leg B)."""
+        if leg.group is not None:
+            if response.status != 100:
+                self._group_response(leg, response, tx)
+            return
         call = leg.call
         status = response.status
         if status == 100:
@@ -673,7 +1088,10 @@ class B2BUA:
         """A client INVITE transaction timed out (Timer B): treat as 408."""
         if leg.state in (LegState.TRYING, LegState.EARLY):
             timeout = Response(status=408, reason="Request Timeout")
-            self._b_failed(leg.call, leg, timeout)
+            if leg.group is not None:
+                self._group_response(leg, timeout, None)
+            else:
+                self._b_failed(leg.call, leg, timeout)
 
     # ---- ending --------------------------------------------------------------------------
 
@@ -770,6 +1188,17 @@ class B2BUA:
                 log.exception("ending leg %s of call %s failed", leg.id, call.id)
             if leg.ended_at is None:
                 leg.ended_at = call.ended_at
+        for group in call.groups:
+            if group.ring_timer is not None:
+                group.ring_timer.cancel()
+                group.ring_timer = None
+            if group.ended_at is None:
+                group.ended_at = call.ended_at
+            if group.result is not None and not group.result.done():
+                group.outcome = group.outcome or Outcome.CANCELED
+                group.status = group.status or 487
+                group.q850 = q850_for(group.status)
+                group.result.set_result(group.outcome)
         self._release_media(call)
         self.calls.pop(call.id, None)
         for leg in legs:
@@ -782,15 +1211,34 @@ class B2BUA:
                 for tx in (leg.server_tx, leg.client_tx):
                     if tx is not None:
                         tx.user_data = None
-        self._emit(
-            "completed", call, None,
-            legs=[
-                {"leg_id": leg.id, "role": leg.role,
-                 "outcome": leg.outcome.value if leg.outcome else None,
-                 "sip_status": leg.final_status, "q850": leg.q850}
-                for leg in legs
-            ],
-        )
+        if self.on_call_end is not None:
+            try:
+                self.on_call_end(call)
+            except Exception:
+                log.exception("call-end hook failed for call %s", call.id)
+        self._emit("completed", call, None, legs=self.leg_summaries(call))
+
+    @staticmethod
+    def leg_summaries(call: Call) -> list[dict[str, Any]]:
+        """One entry per public leg: the caller's, each fork of an inbound call's leg B, and
+        each leg the switch originated (its forks folded into one)."""
+        out: list[dict[str, Any]] = []
+        for leg in ([call.a] if call.a else []) + [f for f in call.forks if f.group is None]:
+            out.append({
+                "leg_id": leg.id, "role": leg.role, "target": leg.target,
+                "outcome": leg.outcome.value if leg.outcome else None,
+                "sip_status": leg.final_status, "q850": leg.q850,
+                "answered_at": leg.answered_at, "ended_at": leg.ended_at,
+            })
+        for group in call.groups:
+            out.append({
+                "leg_id": group.id, "role": "originated", "target": group.destination,
+                "outcome": group.outcome.value if group.outcome else None,
+                "sip_status": group.status, "q850": group.q850,
+                "answered_at": group.answered_at,
+                "ended_at": (group.winner.ended_at if group.winner else None) or group.ended_at,
+            })
+        return out
 
     def _release_media(self, call: Call) -> None:
         for leg in [call.a, *call.forks]:
@@ -804,10 +1252,12 @@ class B2BUA:
                 log.exception("closing the recording of call %s failed", call.id)
                 continue
             meta["path"] = str(meta.get("path", recorder.path))
+            meta.setdefault("id", uuid.uuid4().hex)
+            meta.setdefault("call_id", call.id)
             call.recordings.append(meta)
             self._emit("recording-ready", call, None, **meta)
         call.recorders.clear()
-        for ep in (call.a.rtp if call.a else None, call.b_rtp):
+        for ep in (call.a.rtp if call.a else None, call.b_rtp, *call.endpoints):
             if ep is not None:
                 try:
                     self.media.unbridge(ep)
@@ -817,6 +1267,7 @@ class B2BUA:
         if call.a is not None:
             call.a.rtp = None
         call.b_rtp = None
+        call.endpoints.clear()
 
     def on_ack_timeout(self, leg: Leg) -> None:
         """Our 2xx to leg A was never ACKed (RFC 3261 section 13.3.1.4): end the call."""
@@ -893,6 +1344,13 @@ class B2BUA:
             self.hangup(call)
 
 
+def quote_display(name: str) -> str:
+    """A display name as an RFC 3261 quoted-string (section 25.1): quotes and backslashes
+    escaped, control characters (CR, LF...) dropped so nothing can break out of the header."""
+    clean = "".join(ch for ch in name if ch >= " " and ch != "\x7f")
+    return '"' + clean.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _best_status(statuses: list[int]) -> int | None:
     """RFC 3261 section 16.7: prefer 6xx, then the lowest class, 408 least among 4xx."""
     if not statuses:
@@ -907,4 +1365,5 @@ def _best_status(statuses: list[int]) -> int | None:
     return min(statuses, key=rank)
 
 
-__all__ = ["B2BUA", "Call", "CallEvent", "ForkTarget", "Leg", "LegState", "Outcome"]
+__all__ = ["B2BUA", "Call", "CallEvent", "ForkTarget", "Group", "Leg", "LegState", "Outcome",
+           "quote_display"]

@@ -164,6 +164,60 @@ class Extension:
     number: str  # digits only
     password: str = field(repr=False)  # digest password, non-empty
     name: str = ""  # optional display name
+    email: str = ""  # optional, reported to front-ends (e.g. Quickom's member email)
+    tenant: str = "default"  # the account the extension belongs to
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """``[[api.keys]]``: a key for the native HTTP API, scoped to one tenant."""
+
+    key: str = field(repr=False)
+    tenant: str = "default"
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    """``[api]``: the native HTTP API under /v1/."""
+
+    keys: tuple[ApiKey, ...] = ()
+    prompts_dir: str = "prompts"  # uploaded prompts are converted and kept here
+
+
+@dataclass(frozen=True, slots=True)
+class RingGroup:
+    """``[[groups]]``: extensions rung simultaneously; the first to answer takes the call."""
+
+    name: str
+    members: tuple[str, ...]
+    number: str = ""  # optional number that reaches the group when dialled
+    ring_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """``[[queues]]``: free agents rung in turn while the caller hears music on hold."""
+
+    name: str
+    agents: tuple[str, ...]
+    number: str = ""
+    agent_timeout: float = 15.0  # ring each agent this long before trying the next
+    max_wait: float = 120.0  # give up after this long (outcome no-answer)
+    moh: str = "moh"  # prompt looped to the caller while waiting
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """``[[webhooks]]``: where events and CDRs are POSTed (durable outbox, retries)."""
+
+    name: str
+    url: str
+    events: tuple[str, ...] = ("*",)
+    secret: str = field(default="", repr=False)  # non-empty: HMAC-SHA256 signature header
+    max_attempts: int = 10
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +264,17 @@ class Config:
     extensions: tuple[Extension, ...] = ()
     trunks: tuple[Trunk, ...] = ()
     routes: tuple[Route, ...] = ()
+    api: ApiConfig = field(default_factory=ApiConfig)
+    groups: tuple[RingGroup, ...] = ()
+    queues: tuple[Queue, ...] = ()
+    flows: tuple[Mapping[str, Any], ...] = ()  # validated by switch.flows.load_flows
+    webhooks: tuple[WebhookConfig, ...] = ()
+    # "tenant:<name>" / "trunk:<name>" -> {max_concurrent, cps, burst, queue_size}
+    limits: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=lambda: MappingProxyType({}))
+    # calendar name -> {timezone, mon..sun, closed_dates} (switch.calendar.ServiceHours)
+    service_hours: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=lambda: MappingProxyType({}))
 
     def extension(self, number: str) -> Extension | None:
         """The extension with this number, or None."""
@@ -528,7 +593,7 @@ def _parse_extensions(root: _Table) -> tuple[Extension, ...]:
     result: list[Extension] = []
     seen: dict[str, str] = {}
     for path, item in root.array_of_tables("extensions"):
-        t = _Table(item, path, ("number", "password", "name"))
+        t = _Table(item, path, ("number", "password", "name", "email", "tenant"))
         if t.has("number") and not isinstance(t.data["number"], str):
             raise ConfigError(t.key("number"), "must be a string of digits (quote it)")
         number = t.required_string("number")
@@ -541,7 +606,8 @@ def _parse_extensions(root: _Table) -> tuple[Extension, ...]:
         seen[number] = path
         result.append(
             Extension(
-                number=number, password=t.required_string("password"), name=t.string("name", "")
+                number=number, password=t.required_string("password"), name=t.string("name", ""),
+                email=t.string("email", ""), tenant=t.string("tenant", "default", nonempty=True),
             )
         )
     return tuple(result)
@@ -637,11 +703,161 @@ def _parse_routes(root: _Table, trunks: tuple[Trunk, ...]) -> tuple[Route, ...]:
     return tuple(result)
 
 
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_LIMIT_KEYS = ("max_concurrent", "cps", "burst", "queue_size")
+
+
+def _name(t: _Table, key: str = "name") -> str:
+    name = t.required_string(key)
+    if not _NAME_RE.fullmatch(name):
+        raise ConfigError(t.key(key), "must be lower-case letters, digits, '_' or '-'")
+    return name
+
+
+def _numbers(t: _Table, key: str, extensions: set[str]) -> tuple[str, ...]:
+    value = t.data.get(key)
+    if not isinstance(value, list) or not value:
+        raise ConfigError(t.key(key), "must be a non-empty array of extension numbers")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or item not in extensions:
+            raise ConfigError(f"{t.key(key)}[{i}]", f"unknown extension {item!r}")
+    return tuple(value)
+
+
+def _parse_call_control(root: _Table, extensions: tuple[Extension, ...],
+                        trunks: tuple[Trunk, ...]) -> dict[str, Any]:
+    """The call-control sections: [api], [[groups]], [[queues]], [[flows]], [[webhooks]],
+    [limits], [service_hours]. Dialable numbers must not collide with extensions or each other."""
+    ext_numbers = {e.number for e in extensions}
+    taken: dict[str, str] = {n: "an extension" for n in ext_numbers}
+
+    def claim(t: _Table) -> str:
+        if not t.has("number"):
+            return ""
+        number = t.string("number", "", nonempty=True)
+        if not _EXTENSION_RE.fullmatch(number):
+            raise ConfigError(t.key("number"), "must contain digits only")
+        if number in taken:
+            raise ConfigError(t.key("number"), f"{number!r} is already {taken[number]}")
+        taken[number] = t.path
+        return number
+
+    api_t = _Table(root.data.get("api", {}), "api", ("keys", "prompts_dir"))
+    keys: list[ApiKey] = []
+    for path, item in api_t.array_of_tables("keys"):
+        t = _Table(item, path, ("key", "tenant", "name"))
+        key = t.required_string("key")
+        if len(key) < 8:
+            raise ConfigError(t.key("key"), "must be at least 8 characters")
+        if any(k.key == key for k in keys):
+            raise ConfigError(t.key("key"), "duplicate key")
+        keys.append(ApiKey(key=key, tenant=t.string("tenant", "default", nonempty=True),
+                           name=t.string("name", "")))
+    api = ApiConfig(keys=tuple(keys),
+                    prompts_dir=api_t.string("prompts_dir", ApiConfig().prompts_dir, nonempty=True))
+
+    names: set[str] = set()
+    groups: list[RingGroup] = []
+    for path, item in root.array_of_tables("groups"):
+        t = _Table(item, path, ("name", "number", "members", "ring_timeout"))
+        name = _name(t)
+        if name in names:
+            raise ConfigError(t.key("name"), f"duplicate group {name!r}")
+        names.add(name)
+        groups.append(RingGroup(name=name, members=_numbers(t, "members", ext_numbers),
+                                number=claim(t),
+                                ring_timeout=t.positive_number("ring_timeout", 30.0)))
+    queues: list[Queue] = []
+    names = set()
+    for path, item in root.array_of_tables("queues"):
+        t = _Table(item, path, ("name", "number", "agents", "agent_timeout", "max_wait", "moh"))
+        name = _name(t)
+        if name in names:
+            raise ConfigError(t.key("name"), f"duplicate queue {name!r}")
+        names.add(name)
+        queues.append(Queue(name=name, agents=_numbers(t, "agents", ext_numbers),
+                            number=claim(t),
+                            agent_timeout=t.positive_number("agent_timeout", 15.0),
+                            max_wait=t.positive_number("max_wait", 120.0),
+                            moh=t.string("moh", "moh", nonempty=True)))
+    flows: list[Mapping[str, Any]] = []
+    for path, item in root.array_of_tables("flows"):
+        if not isinstance(item, dict):
+            raise ConfigError(path, f"must be a table, not {_type_name(item)}")
+        if "number" in item:
+            claim(_Table({"number": item["number"]}, path, ("number",)))
+        flows.append(MappingProxyType(dict(item)))
+    webhooks: list[WebhookConfig] = []
+    names = set()
+    for path, item in root.array_of_tables("webhooks"):
+        t = _Table(item, path, ("name", "url", "events", "secret", "max_attempts",
+                                "connect_timeout", "read_timeout"))
+        name = _name(t)
+        if name in names:
+            raise ConfigError(t.key("name"), f"duplicate webhook {name!r}")
+        names.add(name)
+        url = t.required_string("url")
+        if not re.match(r"^https?://[^\s/]+", url):
+            raise ConfigError(t.key("url"), "must be an http:// or https:// URL")
+        events = t.data.get("events", ["*"])
+        if not isinstance(events, list) or not events or not all(
+                isinstance(e, str) and e for e in events):
+            raise ConfigError(t.key("events"), "must be a non-empty array of event names")
+        webhooks.append(WebhookConfig(
+            name=name, url=url, events=tuple(events), secret=t.string("secret", ""),
+            max_attempts=t.integer("max_attempts", 10, 1, 1000),
+            connect_timeout=t.positive_number("connect_timeout", 5.0),
+            read_timeout=t.positive_number("read_timeout", 10.0),
+        ))
+    limits_raw = root.data.get("limits", {})
+    if not isinstance(limits_raw, dict):
+        raise ConfigError("limits", f"must be a table, not {_type_name(limits_raw)}")
+    trunk_names = {tr.name for tr in trunks}
+    limits: dict[str, Mapping[str, Any]] = {}
+    for key, item in limits_raw.items():
+        path = _join("limits", key)
+        kind, _, name = key.partition(":")
+        if kind not in ("tenant", "trunk") or not name:
+            raise ConfigError(path, "key must be 'tenant:<name>' or 'trunk:<name>'")
+        if kind == "trunk" and name not in trunk_names:
+            raise ConfigError(path, f"unknown trunk {name!r}")
+        t = _Table(item, path, _LIMIT_KEYS)
+        entry: dict[str, Any] = {}
+        if t.has("max_concurrent"):
+            entry["max_concurrent"] = t.integer("max_concurrent", 1, 1)
+        if t.has("cps"):
+            entry["cps"] = t.positive_number("cps", 1.0)
+        entry["burst"] = t.integer("burst", 1, 1)
+        entry["queue_size"] = t.integer("queue_size", 100, 0)
+        limits[key] = MappingProxyType(entry)
+    hours_raw = root.data.get("service_hours", {})
+    if not isinstance(hours_raw, dict):
+        raise ConfigError("service_hours", f"must be a table, not {_type_name(hours_raw)}")
+    from switch.calendar import ServiceHours
+
+    hours: dict[str, Mapping[str, Any]] = {}
+    for key, item in hours_raw.items():
+        path = _join("service_hours", key)
+        if not isinstance(item, dict):
+            raise ConfigError(path, f"must be a table, not {_type_name(item)}")
+        try:
+            ServiceHours.from_config(item)
+        except ValueError as exc:
+            raise ConfigError(path, str(exc)) from None
+        hours[key] = MappingProxyType(dict(item))
+    return {
+        "api": api, "groups": tuple(groups), "queues": tuple(queues), "flows": tuple(flows),
+        "webhooks": tuple(webhooks), "limits": MappingProxyType(limits),
+        "service_hours": MappingProxyType(hours),
+    }
+
+
 # --------------------------------------------------------------------------- public API
 
 _SECTIONS = (
     "sip", "rtp", "http", "auth", "registrar", "calls", "store", "log", "prompts",
-    "extensions", "trunks", "routes",
+    "extensions", "trunks", "routes", "api", "groups", "queues", "flows", "webhooks", "limits",
+    "service_hours",
 )  # fmt: skip
 
 
@@ -655,6 +871,9 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     sip = _parse_sip(get("sip", {}))
     extensions = _parse_extensions(root)
     trunks = _parse_trunks(root, sip, extensions)
+    prompts = _parse_prompts(get("prompts", {}))
+    control = _parse_call_control(root, extensions, trunks)
+    _check_flows(control["flows"], prompts)
     return Config(
         sip=sip,
         rtp=_parse_rtp(get("rtp", {})),
@@ -664,11 +883,35 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         calls=_parse_calls(get("calls", {})),
         store=_parse_store(get("store", {})),
         log=_parse_log(get("log", {})),
-        prompts=_parse_prompts(get("prompts", {})),
+        prompts=prompts,
         extensions=extensions,
         trunks=trunks,
         routes=_parse_routes(root, trunks),
+        **control,
     )
+
+
+def _check_flows(flows: tuple[Mapping[str, Any], ...], prompts: PromptsConfig) -> None:
+    """A flow that cannot run (unknown prompt, variable, label...) fails the config load."""
+    if not flows:
+        return
+    from media.prompts import PromptLibrary, PromptNotFound
+    from switch.flows import FlowError, load_flows
+
+    library = PromptLibrary({k: Path(v) for k, v in prompts.files.items()},
+                            default_lang=prompts.language)
+
+    def exists(name: str) -> bool:
+        try:
+            library.resolve(name)
+        except (PromptNotFound, ValueError):
+            return False
+        return True
+
+    try:
+        load_flows([dict(f) for f in flows], exists)
+    except FlowError as exc:
+        raise ConfigError(exc.where, exc.reason) from None
 
 
 def load_config(path: str | PathLike[str]) -> Config:

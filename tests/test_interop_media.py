@@ -100,7 +100,8 @@ class EmbeddedSwitch:
     """
 
     def __init__(self, workdir: Path, *, calls: dict[str, Any] | None = None,
-                 algorithms: Sequence[str] = ("MD5",)) -> None:
+                 algorithms: Sequence[str] = ("MD5",),
+                 extra: dict[str, Any] | None = None, **switch_options: Any) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.sip_port = free_udp_tcp_port()
@@ -119,8 +120,9 @@ class EmbeddedSwitch:
             "extensions": [{"number": n, "password": p} for n, p in self.passwords.items()],
             "trunks": [{"name": "pstn", "host": "127.0.0.1", "port": self.trunk_port}],
             "routes": [{"pattern": "^\\+", "trunk": "pstn"}],
+            **(extra or {}),
         })
-        self.sw = Switch(self.config)
+        self.sw = Switch(self.config, **switch_options)
         self.events: list[CallEvent] = []
         self._changed = asyncio.Event()
         self._unsubscribe: Callable[[], None] | None = None
