@@ -107,6 +107,15 @@ class PromptLibrary:
         """The overrides, keyed ``name`` or ``lang/name``."""
         return dict(self._overrides)
 
+    def add(self, name: str, path: Path) -> None:
+        """Register (or replace) the override ``name`` (``"welcome"`` or ``"es/welcome"``)
+        at run time; it points at ``path`` from now on. Raises :class:`ValueError` for an
+        empty name. The file is not read here (see :meth:`check`)."""
+        lang, base = _split(name, None)
+        if not base:
+            raise ValueError(f"bad prompt name {name!r}")
+        self._overrides[f"{lang}/{base}" if lang else base] = Path(path)
+
     def resolve(self, name: str, lang: str | None = None) -> Path:
         """The file for ``name`` (optionally ``lang/name``) in ``lang``.
 

@@ -29,11 +29,19 @@ HealthCheck = Callable[[], Mapping[str, bool]]
 def create_app(health: HealthCheck) -> FastAPI:
     """The HTTP application.
 
+    Interactive API documentation is served at ``GET /docs`` (Swagger UI) and the OpenAPI
+    schema at ``GET /openapi.json``; the routes come from :func:`switch.api.install_api`.
     ``GET /healthz`` calls ``health()`` (component name -> healthy) and answers
     200 ``{"status": "ok", "components": {...}}`` when every component is healthy, else 503
     ``{"status": "degraded", "components": {...}}``. A failing ``health()`` also gives 503.
     """
-    app = FastAPI(title="softswitch", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="softswitch",
+        summary="Embeddable SIP softswitch: native call-control API",
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
 
     # async so health() runs on the event loop thread, never in the threadpool.
     @app.get("/healthz")
