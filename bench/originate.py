@@ -102,24 +102,21 @@ def invite_times(trace: Path) -> dict[str, float]:
     """From user -> arrival time (unix seconds) of each INVITE in a SIPp message trace."""
     times: dict[str, float] = {}
     stamp: float | None = None
-    first_line = False
+    kind: str | None = None
     for line in trace.read_text(errors="replace").splitlines():
         m = _STAMP.match(line)
         if m:
-            when = dt.datetime.fromisoformat(f"{m.group(1)} {m.group(2)}")
-            stamp = when.timestamp()
-            first_line = True
+            stamp = dt.datetime.fromisoformat(f"{m.group(1)} {m.group(2)}").timestamp()
+            kind = None
             continue
-        if first_line and line.strip():
-            first_line = False
-            if not line.startswith("INVITE "):
-                stamp = None
+        if kind is None and (line.startswith("SIP/2.0 ") or re.match(r"^[A-Z]+ sip:", line)):
+            kind = line.split(" ", 1)[0]
             continue
-        if stamp is not None and line.lower().startswith("from:"):
+        if kind == "INVITE" and stamp is not None and line.lower().startswith("from:"):
             user = re.search(r"sip:([^@;>]+)@", line)
             if user:
                 times.setdefault(user.group(1), stamp)
-            stamp = None
+            kind = "done"
     return times
 
 

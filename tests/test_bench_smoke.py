@@ -47,5 +47,18 @@ def test_dtmf_quality_quick(tmp_path: Path) -> None:
 
 def test_pacing_quick(tmp_path: Path) -> None:
     proc = _run(["bench.pacing", "--quick", "--out", str(tmp_path)], timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # Exit status 1 means a timing target was missed: on a shared, noisy machine that is a
+    # figure to read, not a test failure (tests never assert wall-clock times).
+    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "jitter" in proc.stdout.lower()
+
+
+@pytest.mark.peer
+@pytest.mark.skipif(shutil.which("sipp") is None, reason="apt-get install sip-tester")
+def test_originate_quick(tmp_path: Path) -> None:
+    proc = _run(["bench.originate", "--quick", "--out", str(tmp_path)], timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["requests"] == 60 and data["failed"] == 0 and data["no_invite"] == 0, data
+    assert data["request_to_invite_ms"] is not None
