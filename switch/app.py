@@ -202,7 +202,7 @@ class Switch(CallControl):
         self.flows = _load_flows(config, self.prompts)
         self._sessions = {}
         self.recent_cdrs = OrderedDict()
-        self._cdr_sinks = [self._store_cdr]
+        self.cdr_sinks = [self._store_cdr]
         self.b2bua.on_call_end = self._call_ended
         self.services: dict[str, Service] = {}
         for name, flow in self.flows.items():
@@ -232,7 +232,16 @@ class Switch(CallControl):
         self.trunk_registrations = [TrunkRegistration(self, t) for t in config.trunks if t.register]
         self._http: Any = None
         self.http_installers: list[Callable[[Any, Switch], None]] = []
+        # Hooks the front-ends add: awaited at start (after the store opens) and at stop.
+        self.on_start: list[Callable[[], Awaitable[None]]] = []
+        self.on_stop: list[Callable[[], Awaitable[None]]] = []
+        # Scheduled requests with {"handler": name} are placed by these (front-ends).
+        self.job_handlers: dict[str, Callable[[str, dict[str, Any]], Awaitable[str]]] = {}
+        self.job_listeners: list[Callable[[dict[str, Any]], object]] = []
         self._started = False
+        from switch.frontends import install_all
+
+        install_all(self)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -262,6 +271,8 @@ class Switch(CallControl):
             await self._http.start(self.http_app(), self.config.http.address,
                                    self.config.http.port)
         self._watch_task = asyncio.get_running_loop().create_task(self._watch_store())
+        for hook in self.on_start:
+            await hook()
         await self.scheduler.start()
         for reg in self.trunk_registrations:
             reg.start()
@@ -280,6 +291,11 @@ class Switch(CallControl):
             return
         self._started = False
         await self.scheduler.stop()
+        for hook in self.on_stop:
+            try:
+                await hook()
+            except Exception:
+                log.exception("front-end stop hook failed")
         await self.b2bua.shutdown()
         for reg in self.trunk_registrations:
             await reg.stop()
@@ -368,6 +384,14 @@ class Switch(CallControl):
                 first.set_result(str(outcome))
 
         options = dict(request)
+        handler_name = options.pop("handler", None)
+        if handler_name is not None:
+            # A front-end's own placement logic (registered in job_handlers).
+            handler = self.job_handlers.get(str(handler_name))
+            if handler is None:
+                log.warning("scheduled call %s: no handler %r", job_id, handler_name)
+                return "failed"
+            return await handler(job_id, options)
         destination = str(options.pop("destination"))
         tags = dict(options.pop("tags", {}) or {})
         tags["job_id"] = job_id
@@ -378,7 +402,19 @@ class Switch(CallControl):
             return "rejected"
         return await first
 
+    def spawn_for_call(self, call_id: str, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` for a call: it is cancelled when the call ends."""
+        call = self.b2bua.calls.get(call_id)
+        if call is None:
+            raise KeyError(f"no such call: {call_id}")
+        return self._spawn(self._session(call), coro)
+
     def _job_updated(self, job: dict[str, Any]) -> None:
+        for listener in list(self.job_listeners):
+            try:
+                listener(job)
+            except Exception:
+                log.exception("scheduled-call listener failed")
         if "schedule" in self._webhook_events or "*" in self._webhook_events:
             self._spawn_bg(self.webhooks.emit("schedule", job))
 

@@ -8,6 +8,7 @@ that caused it, e.g. ``config: trunks[0].port: must be 1..65535``.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.resources
 import ipaddress
@@ -275,6 +276,8 @@ class Config:
     # calendar name -> {timezone, mon..sun, closed_dates} (switch.calendar.ServiceHours)
     service_hours: Mapping[str, Mapping[str, Any]] = field(
         default_factory=lambda: MappingProxyType({}))
+    # vendor front-end name -> its validated settings (switch.frontends)
+    frontends: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
 
     def extension(self, number: str) -> Extension | None:
         """The extension with this number, or None."""
@@ -857,7 +860,7 @@ def _parse_call_control(root: _Table, extensions: tuple[Extension, ...],
 _SECTIONS = (
     "sip", "rtp", "http", "auth", "registrar", "calls", "store", "log", "prompts",
     "extensions", "trunks", "routes", "api", "groups", "queues", "flows", "webhooks", "limits",
-    "service_hours",
+    "service_hours", "hipcall", "click2call", "quickom", "formcall", "infocaller",
 )  # fmt: skip
 
 
@@ -874,7 +877,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     prompts = _parse_prompts(get("prompts", {}))
     control = _parse_call_control(root, extensions, trunks)
     _check_flows(control["flows"], prompts)
-    return Config(
+    config = Config(
         sip=sip,
         rtp=_parse_rtp(get("rtp", {})),
         http=_parse_http(get("http", {})),
@@ -889,6 +892,12 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         routes=_parse_routes(root, trunks),
         **control,
     )
+    from switch.frontends import parse_sections
+
+    frontends = parse_sections(root.data, config)
+    if frontends:
+        config = dataclasses.replace(config, frontends=MappingProxyType(frontends))
+    return config
 
 
 def _check_flows(flows: tuple[Mapping[str, Any], ...], prompts: PromptsConfig) -> None:

@@ -130,7 +130,7 @@ class CallControl:
     flows: dict[str, Flow]
     _sessions: dict[str, _Session]
     recent_cdrs: OrderedDict[str, dict[str, Any]]  # the last 1000 ended calls
-    _cdr_sinks: list[Callable[[dict[str, Any]], object]]
+    cdr_sinks: list[Callable[[dict[str, Any]], object]]
 
     # the composition root provides these
     def subscribe(self, callback: Callable[[CallEvent], object]) -> Callable[[], None]:
@@ -643,7 +643,7 @@ class CallControl:
                     task.cancel()
             if session.done is not None and not session.done.done():
                 session.done.set_result(cdr)
-        for sink in list(self._cdr_sinks):
+        for sink in list(self.cdr_sinks):
             try:
                 sink(cdr)
             except Exception:

@@ -34,7 +34,7 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
@@ -297,6 +297,7 @@ LATEST_SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 # --------------------------------------------------------------------------- URL handling
 
 _WRITE_OPTION: Final = "softswitch_write"
+_NO_BEGIN_OPTION: Final = "softswitch_no_begin"
 _BUSY_TIMEOUT_MS: Final = 30_000
 # A bound larger than any due time, for "what is the earliest pending item" style queries.
 _FAR_FUTURE: Final = 1e300
@@ -342,37 +343,36 @@ def _resolve_url(raw: str) -> _Target:
     return _Target(url, False, False, None)
 
 
-def _sqlite_on_connect(memory: bool) -> Callable[[Any, Any], None]:
-    def on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # Turn off the driver's own implicit BEGIN so that the "begin" hook below decides
-        # (BEGIN IMMEDIATE for writers) and DDL stays inside our transactions.
-        dbapi_conn.isolation_level = None
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # Turn off the driver's own implicit BEGIN so that the "begin" hook below decides
+    # (BEGIN IMMEDIATE for writers) and DDL stays inside our transactions.
+    dbapi_conn.isolation_level = None
+    # journal_mode=WAL is not set here: it is a property of the file, set once by
+    # Store._enable_wal, and switching it can fail at once with "database is locked"
+    # (no busy wait) while another connection is opening the same file.
+    try:
+        cursor = dbapi_conn.cursor()
         try:
-            cursor = dbapi_conn.cursor()
-            try:
-                # busy_timeout first: switching a fresh file to WAL needs a lock that a
-                # concurrently starting connection may hold for a moment.
-                cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-                if not memory:
-                    cursor.execute("PRAGMA journal_mode=WAL")
-                # FULL: a commit is on disk before it returns, so an acknowledged schedule
-                # or outbox write is never lost to a crash.
-                cursor.execute("PRAGMA synchronous=FULL")
-            finally:
-                cursor.close()
-        except BaseException:
-            # The pool does not close a connection whose connect hook failed.
-            dbapi_conn.close()
-            raise
-
-    return on_connect
+            cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            # FULL: a commit is on disk before it returns, so an acknowledged schedule
+            # or outbox write is never lost to a crash.
+            cursor.execute("PRAGMA synchronous=FULL")
+        finally:
+            cursor.close()
+    except BaseException:
+        # The pool does not close a connection whose connect hook failed.
+        dbapi_conn.close()
+        raise
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
+    options = conn.get_execution_options()
+    if options.get(_NO_BEGIN_OPTION):
+        return  # autocommit statements (PRAGMAs that refuse to run in a transaction)
     # A deferred transaction that reads and then writes can fail with SQLITE_BUSY at once
     # (no busy wait) if another connection wrote in between; taking the write lock up front
     # makes writers queue on busy_timeout instead.
-    if conn.get_execution_options().get(_WRITE_OPTION):
+    if options.get(_WRITE_OPTION):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
     else:
         conn.exec_driver_sql("BEGIN")
@@ -463,7 +463,7 @@ class Store:
             # InvalidRequestError (a sync-only driver) and OSError all land here.
             raise StoreError(f"cannot use store URL {safe}: {exc}") from exc
         if target.sqlite:
-            sa.event.listen(engine.sync_engine, "connect", _sqlite_on_connect(target.memory))
+            sa.event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
             sa.event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
         self._engine = engine
         self._write_engine = engine.execution_options(**{_WRITE_OPTION: True})
@@ -477,6 +477,8 @@ class Store:
         try:
             async with engine.connect() as conn:
                 await conn.scalar(sa.select(sa.literal(1)))
+            if target.sqlite and not target.memory:
+                await self._enable_wal(engine)
         except Exception as exc:
             await self.close()
             if target.sqlite:
@@ -484,6 +486,25 @@ class Store:
                 # and that thread calls back into this loop: give it a moment to do so.
                 await asyncio.sleep(0.05)
             raise StoreError(f"cannot open store {safe}: {exc}") from exc
+
+    @staticmethod
+    async def _enable_wal(engine: AsyncEngine) -> None:
+        """Switch the SQLite file to WAL (persistent), waiting out concurrent openers."""
+        async with engine.connect() as conn:
+            await conn.execution_options(**{_NO_BEGIN_OPTION: True})
+            for _ in range(200):
+                try:
+                    mode = await conn.scalar(sa.text("PRAGMA journal_mode=WAL"))
+                except OperationalError:
+                    # "database is locked": SQLite does not apply busy_timeout here.
+                    await conn.rollback()
+                    await asyncio.sleep(0.05)
+                    continue
+                await conn.commit()
+                if str(mode).lower() != "wal":
+                    logger.warning("SQLite refused WAL journal mode (using %s)", mode)
+                return
+            raise StoreError("database stayed locked while enabling WAL journal mode")
 
     async def _migrate(self, upto: int | None = None) -> int:
         """Open the database if needed and apply migrations up to ``upto`` (default: all).
