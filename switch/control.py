@@ -244,6 +244,8 @@ class CallControl:
         ends). ``flow``: run that call flow on the answered leg instead. ``max_wait``: how long
         the request may wait for the tenant's or trunk's limits (concurrent calls, calls per
         second) before it fails. ``record``: record the call (None: the config's default).
+        ``answer_on_bridge``: the first leg hears the second leg's early media (ringback or
+        announcements from the far end) while it rings, instead of silence.
         ``on_first_outcome`` is called once with the first leg's outcome.
         """
         dest = self.resolve_destination(destination)
@@ -458,8 +460,35 @@ class CallControl:
         if dest.kind == "flow":
             result = await self.run_flow(leg, dest.value)
             return Outcome.ANSWERED if result.outcome != "error" else Outcome.FAILED
-        group = await self._dial(call, leg, dest, leg_id, caller_id, caller_name, ring_timeout)
+        unsubscribe: Callable[[], None] | None = None
+        if answer_on_bridge:
+            # The leg already up hears the new leg's early media (ringback, announcements)
+            # as soon as there is any, instead of silence until the answer.
+            def on_event(event: CallEvent) -> None:
+                if event.name != "early-media" or event.call_id != call.id \
+                        or event.leg_id == leg.id:
+                    return
+                early = self.b2bua.legs.get(event.leg_id or "")
+                if early is None or early.rtp is None or leg.rtp is None \
+                        or leg.state != LegState.CONFIRMED:
+                    return
+                self.b2bua.media.bridge(leg.rtp, early.rtp)
+                if leg.media is not None and early.media is not None:
+                    leg.media.stop_playback()
+                    leg.media.peer, early.media.peer = early.media, leg.media
+
+            unsubscribe = self.subscribe(on_event)
+        try:
+            group = await self._dial(call, leg, dest, leg_id, caller_id, caller_name,
+                                     ring_timeout)
+        finally:
+            if unsubscribe is not None:
+                unsubscribe()
         if group is None or group.winner is None or group.outcome != Outcome.ANSWERED:
+            if answer_on_bridge and leg.rtp is not None:
+                self.b2bua.media.unbridge(leg.rtp)
+                if leg.media is not None:
+                    leg.media.peer = None
             return group.outcome if group is not None and group.outcome else Outcome.FAILED
         if leg.state != LegState.CONFIRMED:
             self.b2bua.hangup_leg(group.winner)

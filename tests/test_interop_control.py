@@ -379,3 +379,47 @@ async def test_http_api_originates_two_legs_and_bridges_them(tmp_path: Path) -> 
     heard = sink.audio()
     assert abs(_dominant(heard[-4000:]) - PHONE_HZ) < 15
     no_switch_errors(sw)
+
+
+@needs_sipp
+@needs_baresip
+@pytest.mark.parametrize("answer_on_bridge", [True, False])
+@pytest.mark.timeout(90)
+async def test_answer_on_bridge_passes_early_media(tmp_path: Path,
+                                                   answer_on_bridge: bool) -> None:
+    """The first leg (baresip) hears the trunk's early media (183 + RTP before the 200) only
+    with answer_on_bridge; without it, nothing of the early phase reaches it."""
+    silence = audio.write_wav(tmp_path / "silence.wav", np.zeros(8000 * 30), 8000)
+    async with EmbeddedSwitch(tmp_path / "sw") as sw, sipp.RtpSink() as sink:
+        uas = start_trunk(sw, tmp_path, sink, scenario="t_uas_early_media")
+        p = phone(tmp_path, sw, "1001", source=silence, record=True)
+        try:
+            await uas.wait_ready()
+            async with p:
+                await registered(p, sw)
+                ref = sw.sw.originate("1001", then=OUT_NUMBER,
+                                      answer_on_bridge=answer_on_bridge)
+                await sw.wait_event("early-media", timeout=15,
+                                    predicate=lambda e: e.leg_id == ref.second_leg_id)
+                early = sw.sw.b2bua.legs[ref.second_leg_id]
+                assert early.rtp is not None
+                dest = early.rtp.local_address    # the switch's port named in our offer
+                for _ in range(75):                # 1.5 s of "ringback" before the answer
+                    await sink.send_tone(TRUNK_HZ, 0.02, dest=dest)
+                assert not [e for e in sw.of("answered") if e.leg_id == ref.second_leg_id]
+                await sw.wait_event("bridged", timeout=10)
+                await asyncio.sleep(0.5)
+                sw.sw.hangup(ref.call_id)
+                await p.wait_event("CALL_CLOSED", timeout=10)
+            await uas.wait_async(10)
+        finally:
+            uas.stop()
+        recorded = p.recorded_files()
+    assert recorded
+    heard, rate = audio.read_wav(recorded[-1])
+    level = audio.rms(heard, rate)
+    if answer_on_bridge:
+        assert audio.dominant_frequency(heard, rate) == pytest.approx(TRUNK_HZ, abs=15)
+    else:
+        assert level < 0.01, f"early media leaked to the first leg (rms {level})"
+    no_switch_errors(sw)
