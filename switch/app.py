@@ -291,12 +291,12 @@ class Switch(CallControl):
             return
         self._started = False
         await self.scheduler.stop()
-        for hook in self.on_stop:
+        await self.b2bua.shutdown()
+        for hook in self.on_stop:  # after the calls ended, so their CDRs reach the front-ends
             try:
                 await hook()
             except Exception:
                 log.exception("front-end stop hook failed")
-        await self.b2bua.shutdown()
         for reg in self.trunk_registrations:
             await reg.stop()
         # Give the BYEs/CANCELs a moment on the wire before the sockets go.
@@ -719,6 +719,11 @@ class Switch(CallControl):
             caller = from_na.uri.user or "anonymous"
             caller_name = from_na.display
             target = self.router.route_inbound(trunk, dialled)
+            # A DID may point at a service number (flow, queue, front-end) or a ring group.
+            if isinstance(target, ExtensionTarget) and not self.router.is_extension(
+                    target.number) and self._local_number(
+                    request, tx, source, transport, caller, caller_name, target.number, now):
+                return
         else:
             auth = self._authenticate(request, now, "INVITE")
             if isinstance(auth, Response):
@@ -733,23 +738,8 @@ class Switch(CallControl):
                 return
             caller = auth
             caller_name = self._names.get(auth) or from_na.display
-            service = self.services.get(dialled)
-            if service is not None:
-                self.b2bua.new_call(
-                    request, tx, source, transport, caller=caller, caller_name=caller_name,
-                    targets=[], callee=dialled, local=self._start_service(service),
-                )
-                return
-            group = next((g for g in self.config.groups if g.number == dialled), None)
-            if group is not None:
-                forks = [f for m in group.members
-                         for f in self._fork_targets(ExtensionTarget(m), now)]
-                if not forks:
-                    self.stack.send_response(tx, build_response(
-                        request, 480, "Not Registered", to_tag=new_tag()))
-                    return
-                self.b2bua.new_call(request, tx, source, transport, caller=caller,
-                                    caller_name=caller_name, targets=forks, callee=dialled)
+            if self._local_number(request, tx, source, transport, caller, caller_name,
+                                  dialled, now):
                 return
             target = self.router.route_outbound(dialled)
         if isinstance(target, Unroutable):
@@ -769,6 +759,30 @@ class Switch(CallControl):
             request, tx, source, transport, caller=caller, caller_name=caller_name,
             targets=forks, callee=callee,
         )
+
+    def _local_number(self, request: Request, tx: ServerTransaction, source: Address,
+                      transport: str, caller: str, caller_name: str | None, number: str,
+                      now: float) -> bool:
+        """Calls to a service number (answered by the switch) or a ring group's number;
+        False when ``number`` is neither."""
+        service = self.services.get(number)
+        if service is not None:
+            self.b2bua.new_call(
+                request, tx, source, transport, caller=caller, caller_name=caller_name,
+                targets=[], callee=number, local=self._start_service(service),
+            )
+            return True
+        group = next((g for g in self.config.groups if g.number == number), None)
+        if group is None:
+            return False
+        forks = [f for m in group.members for f in self._fork_targets(ExtensionTarget(m), now)]
+        if not forks:
+            self.stack.send_response(tx, build_response(
+                request, 480, "Not Registered", to_tag=new_tag()))
+            return True
+        self.b2bua.new_call(request, tx, source, transport, caller=caller,
+                            caller_name=caller_name, targets=forks, callee=number)
+        return True
 
     def _fork_targets(self, target: ExtensionTarget | TrunkTarget, now: float) -> list[ForkTarget]:
         host = self.config.sip.address

@@ -683,7 +683,7 @@ def _parse_dids(trunk: _Table, numbers: set[str]) -> Mapping[str, str]:
             raise ConfigError(path, "DID must be digits with an optional leading '+'")
         if not isinstance(target, str):
             raise ConfigError(path, f"must be an extension number string, not {_type_name(target)}")
-        if target not in numbers:
+        if target not in numbers and not _EXTENSION_RE.fullmatch(target):
             raise ConfigError(path, f"unknown extension {target!r}")
         dids[did] = target
     return MappingProxyType(dids)
@@ -876,6 +876,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     trunks = _parse_trunks(root, sip, extensions)
     prompts = _parse_prompts(get("prompts", {}))
     control = _parse_call_control(root, extensions, trunks)
+    _check_did_targets(trunks, extensions, control)
     _check_flows(control["flows"], prompts)
     config = Config(
         sip=sip,
@@ -898,6 +899,21 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     if frontends:
         config = dataclasses.replace(config, frontends=MappingProxyType(frontends))
     return config
+
+
+def _check_did_targets(trunks: tuple[Trunk, ...], extensions: tuple[Extension, ...],
+                       control: Mapping[str, Any]) -> None:
+    """A DID rings an extension, or reaches a ring group, queue or call flow by its number.
+    (A front-end's own service numbers cannot be DID targets yet.)"""
+    valid = {e.number for e in extensions}
+    valid |= {g.number for g in control["groups"] if g.number}
+    valid |= {q.number for q in control["queues"] if q.number}
+    valid |= {str(f["number"]) for f in control["flows"] if "number" in f}
+    for i, trunk in enumerate(trunks):
+        for did, target in trunk.dids.items():
+            if target not in valid:
+                raise ConfigError(f"trunks[{i}].dids[{json.dumps(did)}]",
+                                  f"unknown extension {target!r}")
 
 
 def _check_flows(flows: tuple[Mapping[str, Any], ...], prompts: PromptsConfig) -> None:

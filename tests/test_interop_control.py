@@ -423,3 +423,32 @@ async def test_answer_on_bridge_passes_early_media(tmp_path: Path,
     else:
         assert level < 0.01, f"early media leaked to the first leg (rms {level})"
     no_switch_errors(sw)
+
+
+@needs_sipp
+@pytest.mark.timeout(60)
+async def test_trunk_did_reaches_a_call_flow(tmp_path: Path) -> None:
+    """A call from the trunk to a DID mapped to a flow's number runs the flow: the caller hears
+    the prompt, and a digit it sends is gathered."""
+    flows = [{"name": "menu", "number": "500", "steps": [
+        {"action": "gather", "var": "choice", "prompt": "enter_number", "min_digits": 1,
+         "max_digits": 1, "first_timeout": 8.0, "tries": 1},
+        {"action": "hangup"},
+    ]}]
+    async with EmbeddedSwitch(tmp_path / "sw", extra={"flows": flows},
+                              dids={"+902121234500": "500"}) as sw, \
+            sipp.RtpSink() as caller_media:
+        uac = sipp.start("t_uac_rtpport", sw.sip_port, local_port=sw.trunk_port,
+                         service="+902121234500",
+                         keys={"caller": "+905551112233", "rtpport": caller_media.port},
+                         duration_ms=15000, workdir=tmp_path / "uac")
+        try:
+            await caller_media.wait_for(25, timeout=10)   # the prompt
+            await caller_media.send_dtmf("7", duration_ms=120)
+            (done,) = await sw.wait_event("completed", timeout=15)
+        finally:
+            uac.stop()
+    (answered,) = [e for e in sw.of("answered") if e.data.get("local")]
+    assert [e.data["digit"] for e in sw.of("dtmf")] == ["7"], sw.diag()
+    assert answered.call_id == done.call_id
+    no_switch_errors(sw)

@@ -101,7 +101,8 @@ class EmbeddedSwitch:
 
     def __init__(self, workdir: Path, *, calls: dict[str, Any] | None = None,
                  algorithms: Sequence[str] = ("MD5",),
-                 extra: dict[str, Any] | None = None, **switch_options: Any) -> None:
+                 extra: dict[str, Any] | None = None, dids: dict[str, str] | None = None,
+                 **switch_options: Any) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.sip_port = free_udp_tcp_port()
@@ -118,7 +119,8 @@ class EmbeddedSwitch:
                       **(calls or {})},
             "store": {"url": f"sqlite:///{workdir / 'switch.db'}"},
             "extensions": [{"number": n, "password": p} for n, p in self.passwords.items()],
-            "trunks": [{"name": "pstn", "host": "127.0.0.1", "port": self.trunk_port}],
+            "trunks": [{"name": "pstn", "host": "127.0.0.1", "port": self.trunk_port,
+                        "dids": dict(dids or {})}],
             "routes": [{"pattern": "^\\+", "trunk": "pstn"}],
             **(extra or {}),
         })
