@@ -198,7 +198,7 @@ class Switch(CallControl):
             (t.host, t.port): t for t in config.trunks
         }
         # ---- call control: limits, flows, sessions, store, webhooks, scheduler -----------
-        self.limits = Limits(config.limits)
+        self.limits = Limits(config.limits, clock=self.clock)
         self.flows = _load_flows(config, self.prompts)
         self._sessions = {}
         self.recent_cdrs = OrderedDict()
@@ -420,11 +420,14 @@ class Switch(CallControl):
 
     # ---- services: numbers answered by the switch itself -----------------------------------
 
-    def add_service(self, number: str, service: Service) -> None:
+    def add_service(self, number: str, service: Service, *, replace: bool = False) -> None:
         """Answer calls to ``number`` locally and run ``service(call)`` (front-ends use this:
-        quick dial, IVRs). The number must not be an extension."""
+        quick dial, IVRs). The number must not be an extension, nor another service's number
+        unless ``replace``."""
         if self.router.is_extension(number):
             raise ValueError(f"{number} is an extension")
+        if number in self.services and not replace:
+            raise ValueError(f"{number} is already the number of another service")
         self.services[number] = service
 
     def _flow_service(self, name: str) -> Service:
