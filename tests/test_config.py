@@ -693,7 +693,8 @@ def _both(*mutations: Mutation) -> Mutation:
         pytest.param(_delete("sip"), id="no-sip-table"),
         pytest.param(
             _both(_both(_set("extensions", []), _set("trunks.0.dids", {})),
-                  _both(_set("groups", []), _set("queues", []))),
+                  _both(_set("groups", []), _set("queues", [])),
+                  _set("hipcall.numbers", {}), _delete("formcall"), _delete("quickom")),
             id="no-extensions-no-dids",
         ),
     ],

@@ -11,15 +11,14 @@
 * EsperaMax: with the line's one simultaneous call busy, a request waits and is placed when
   the call ends; one with a short EsperaMax is cancelled and its failed attempt stored.
 
-The flows and the line come from the TOML block of docs/frontends/infocaller.md (what ships in
-the example config); the test only maps the two built-in prompts they use to tones.
+The flows and the line come from configs/example.toml (what ships); the test only maps the two
+built-in prompts they use to tones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 import tomllib
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
@@ -46,7 +45,6 @@ except ModuleNotFoundError:  # pragma: no cover
     from tests.peers.ports import free_udp_tcp_port
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "frontends" / "infocaller.md"
 EXAMPLE = ROOT / "configs" / "example.toml"
 
 needs_sipp = pytest.mark.skipif(not sipp.available(), reason=sipp.INSTALL_HINT)
@@ -116,12 +114,8 @@ TEXTS = {
 
 def doc_config() -> dict[str, Any]:
     """What ships: [[infocaller.lines]] and the flows of their rule groups, from the example
-    config once the docs are merged into it, else from the TOML block of the docs."""
+    config."""
     example = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
-    if "infocaller" not in example:
-        block = re.search(r"```toml\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
-        assert block is not None
-        example = tomllib.loads(block.group(1))
     used = {flow for line in example["infocaller"]["lines"]
             for flow in line.get("rule_groups", {}).values()}
     flows = [f for f in example.get("flows", []) if f["name"] in used]
