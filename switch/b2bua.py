@@ -619,14 +619,7 @@ class B2BUA:
                 return
             if call.ended or leg.state == LegState.TERMINATED or group.winner is not None:
                 return
-            if leg.dialog is None and leg.invite is not None:
-                try:
-                    to_tag = parse_name_addr(response.first("To")).tag
-                except SipParseError:
-                    to_tag = None
-                if to_tag:
-                    leg.dialog = Dialog.uac(leg.invite, response)
-                    self._index(leg)
+            self._early_dialog(leg, response)
             first = not any(f.state == LegState.EARLY for f in group.forks)
             leg.state = LegState.EARLY
             if first:
@@ -687,15 +680,7 @@ class B2BUA:
         group = leg.group
         assert group is not None and leg.invite is not None
         call = leg.call
-        if leg.dialog is None or leg.dialog.remote_tag != parse_name_addr(response.first("To")).tag:
-            self._unindex(leg)
-            leg.dialog = Dialog.uac(leg.invite, response)
-        else:
-            leg.dialog.update_remote_target(response)
-        self._index(leg)
-        leg.dest, leg.transport = self._dialog_dest(leg)
-        cseq, _ = response.cseq
-        self.stack.send_ack(tx, leg.dialog.create_ack(cseq, via=self.stack.via(leg.transport)))
+        self._confirm_dialog(leg, response, tx)
         done = group.result is not None and group.result.done()
         if call.ended or group.winner is not None or done:
             leg.state = LegState.CONFIRMED
@@ -889,14 +874,7 @@ class B2BUA:
             return
         if call.ended or leg.state == LegState.TERMINATED:
             return
-        if leg.dialog is None and leg.invite is not None:
-            try:
-                to_tag = parse_name_addr(response.first("To")).tag
-            except SipParseError:
-                to_tag = None
-            if to_tag:
-                leg.dialog = Dialog.uac(leg.invite, response)
-                self._index(leg)
+        self._early_dialog(leg, response)
         leg.state = LegState.EARLY
         a = call.a
         assert a is not None
@@ -976,16 +954,7 @@ class B2BUA:
 
     def _b_answered(self, call: Call, leg: Leg, response: Response, tx: ClientTransaction) -> None:
         assert leg.invite is not None
-        if leg.dialog is None or leg.dialog.remote_tag != parse_name_addr(response.first("To")).tag:
-            self._unindex(leg)
-            leg.dialog = Dialog.uac(leg.invite, response)
-        else:
-            leg.dialog.update_remote_target(response)
-        self._index(leg)
-        leg.dest, leg.transport = self._dialog_dest(leg)
-        cseq, _ = response.cseq
-        ack = leg.dialog.create_ack(cseq, via=self.stack.via(leg.transport))
-        self.stack.send_ack(tx, ack)
+        self._confirm_dialog(leg, response, tx)
         a = call.a
         assert a is not None
         if call.ended or call.b is not None or a.state not in (LegState.TRYING, LegState.EARLY):
@@ -1025,6 +994,32 @@ class B2BUA:
         self._respond(a, 200, body=body)
         self._emit("answered", call, leg, status=response.status)
         self._emit("bridged", call, leg, a_leg=a.id, b_leg=leg.id)
+
+    def _early_dialog(self, leg: Leg, response: Response) -> None:
+        """A provisional response with a To tag creates an early dialog (RFC 3261 12.1.2)."""
+        if leg.dialog is not None or leg.invite is None:
+            return
+        try:
+            to_tag = parse_name_addr(response.first("To")).tag
+        except SipParseError:
+            to_tag = None
+        if to_tag:
+            leg.dialog = Dialog.uac(leg.invite, response)
+            self._index(leg)
+
+    def _confirm_dialog(self, leg: Leg, response: Response, tx: ClientTransaction) -> None:
+        """A 2xx confirms the dialog (a new one if another fork's tag answered) and is ACKed
+        (RFC 3261 section 13.2.2.4)."""
+        assert leg.invite is not None
+        if leg.dialog is None or leg.dialog.remote_tag != parse_name_addr(response.first("To")).tag:
+            self._unindex(leg)
+            leg.dialog = Dialog.uac(leg.invite, response)
+        else:
+            leg.dialog.update_remote_target(response)
+        self._index(leg)
+        leg.dest, leg.transport = self._dialog_dest(leg)
+        cseq, _ = response.cseq
+        self.stack.send_ack(tx, leg.dialog.create_ack(cseq, via=self.stack.via(leg.transport)))
 
     def _dialog_dest(self, leg: Leg) -> tuple[Address, str]:
         assert leg.dialog is not None
