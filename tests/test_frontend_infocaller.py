@@ -607,3 +607,29 @@ async def test_esperamax_waits_for_a_free_line_or_gives_up(tmp_path: Path) -> No
     ended = next(e.seq for e in sw.of("completed") if e.call_id == first_call)
     placed = next(e.seq for e in sw.of("leg-initiated") if e.call_id == patient_call)
     assert ended < placed
+
+
+async def test_balance_survives_a_restart(tmp_path: Path) -> None:
+    """The calls in the store are charged against the configured balance at start."""
+    line = dict(doc_config()["infocaller"]["lines"][0])
+    tenant = f"infocaller:{line['id']}"
+    extra = switch_extra(tmp_path, free_udp_tcp_port())
+    async with EmbeddedSwitch(tmp_path / "sw", extra=extra) as sw:
+        front = frontend_of(sw.sw)
+        assert front is not None
+        start = front.accounts[line["id"]].balance
+        assert start == line["balance_seconds"]
+        for i, billsec in enumerate((61.2, 30.0)):  # charged rounded up: 62 + 30
+            cdr = {"call_id": f"c{i}", "tenant": tenant, "frontend": "infocaller",
+                   "started_at": 1.0 + i, "ended_at": 100.0 + i, "billsec": billsec,
+                   "outcome": "answered", "legs": [], "variables": {}}
+            front.on_cdr(cdr)
+            await sw.sw.store.add_cdr(cdr)
+        before = front.accounts[line["id"]].balance
+        assert before == start - 92
+    extra = switch_extra(tmp_path, free_udp_tcp_port())
+    extra["store"] = {"url": sw.config.store.url}
+    async with EmbeddedSwitch(tmp_path / "sw2", extra=extra) as sw2:
+        front2 = frontend_of(sw2.sw)
+        assert front2 is not None
+        assert front2.accounts[line["id"]].balance == before

@@ -11,7 +11,8 @@ MD5(number + password), compared in constant time), a country for numbers withou
 state (``on`` / ``off`` / ``suspended``), the maximum of simultaneous calls (a limiter keyed
 by the line's own tenant, so a request waits up to ``EsperaMax`` minutes for a free line), a
 prepaid balance and a credit limit in call seconds (decremented by each call's billable
-seconds, kept in memory), a daily emission limit, and the rule groups.
+seconds; calls stored in the CDRs are charged again at start, so a restart keeps it), a daily
+emission limit (in memory), and the rule groups.
 
 Calls without ``fechahora`` and without ``Reintentos`` are originated at once; the others go
 through the durable scheduler (at ``fechahora``, retried on busy at least 5 minutes apart).
@@ -566,6 +567,24 @@ class InfocallerFrontend:
 
     # ---- accounting ---------------------------------------------------------------------
 
+    async def restore_balances(self) -> None:
+        """Charge the calls already in the store against the configured balances, so the
+        balance survives a restart (the config's balance is the line's starting credit)."""
+        for line in self.settings.lines:
+            account = self.accounts[line.id]
+            if line.balance_seconds is None:
+                continue
+            spent = 0
+            offset = 0
+            while True:
+                page = await self.sw.store.list_cdrs(limit=1000, offset=offset,
+                                                     tenant=line.tenant, frontend=NAME)
+                spent += sum(math.ceil(float(c.get("billsec") or 0.0)) for c in page)
+                if len(page) < 1000:
+                    break
+                offset += 1000
+            account.balance = line.balance_seconds - spent
+
     def on_cdr(self, cdr: Mapping[str, Any]) -> None:
         """CDR sink: charge a line's balance with the call's billable seconds (rounded up)."""
         if cdr.get("frontend") != NAME:
@@ -778,6 +797,7 @@ def install(sw: Switch, settings: object) -> None:
         sw.limits.configure(f"tenant:{line.tenant}", {
             "max_concurrent": line.max_simultaneous, "queue_size": 1000})
     sw.cdr_sinks.append(frontend.on_cdr)
+    sw.on_start.append(frontend.restore_balances)
     _INSTALLED[sw] = frontend
 
     def add_routes(app: FastAPI, _sw: Switch) -> None:
