@@ -13,7 +13,7 @@ PYTHON="${PYTHON:-python3}"
 
 # --- system packages (skipped when every binary is already there) -------------------------
 missing=0
-for bin in sipp baresip sox espeak-ng; do
+for bin in sipp baresip sox espeak-ng kamailio; do
     command -v "$bin" >/dev/null 2>&1 || missing=1
 done
 if [ "$missing" -eq 1 ]; then
@@ -24,12 +24,12 @@ if [ "$missing" -eq 1 ]; then
     fi
     command -v apt-get >/dev/null 2>&1 || can_install=0
     if [ "$can_install" -eq 1 ]; then
-        echo "scripts/test.sh: installing sip-tester baresip-core sox espeak-ng" >&2
+        echo "scripts/test.sh: installing sip-tester baresip-core sox espeak-ng kamailio" >&2
         $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
         $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-            --no-install-recommends sip-tester baresip-core sox espeak-ng
+            --no-install-recommends sip-tester baresip-core sox espeak-ng kamailio
     else
-        echo "scripts/test.sh: cannot install sip-tester baresip-core sox espeak-ng" \
+        echo "scripts/test.sh: cannot install sip-tester baresip-core sox espeak-ng kamailio" \
              "(needs apt-get and root or sudo); the peer tests will skip" >&2
     fi
 fi
