@@ -140,6 +140,9 @@ class SipStack:
         self._timer_at: float | None = None
         self._idle_task: asyncio.Task[None] | None = None
         self.counters = self.manager.counters
+        # (ip, now) -> False to drop silently: asked before parsing a datagram or stream
+        # message, when a TCP connection opens, and before sending (switch.security bans).
+        self.source_filter: Callable[[str, float], bool] | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -248,6 +251,9 @@ class SipStack:
         self._arm_timer()
 
     def _transmit(self, out: Outgoing) -> None:
+        if self.source_filter is not None and not self.source_filter(out.dest[0], self._now()):
+            self.counters["send_filtered"] += 1
+            return
         if out.transport == "tcp":
             self._send_tcp(out.data, out.dest)
         elif self._udp is not None:
@@ -288,6 +294,11 @@ class SipStack:
 
     def _tcp_connected(self, conn: _TcpConnection) -> None:
         assert conn.peer is not None
+        if self.source_filter is not None and not self.source_filter(conn.peer[0], self._now()):
+            self.counters["tcp_filtered"] += 1
+            if conn.transport is not None:
+                conn.transport.close()
+            return
         self._tcp[conn.peer] = conn
 
     def _tcp_lost(self, conn: _TcpConnection) -> None:
@@ -309,6 +320,9 @@ class SipStack:
     # ---- receiving and timers -------------------------------------------------------------
 
     def _received(self, data: bytes, source: Address, transport: str) -> None:
+        if self.source_filter is not None and not self.source_filter(source[0], self._now()):
+            self.counters["received_filtered"] += 1
+            return
         try:
             events = self.manager.receive(data, source, transport, self._now())
         except Exception:  # the manager must not raise; if it does, count and keep serving
