@@ -489,7 +489,11 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         if remote is None:
             self.dropped_no_remote += 1
             return
-        if addr[0] != remote[0]:
+        if addr[0] != remote[0] or (
+                not self._latch and self._rtcp_dest is not None
+                and addr[1] != self._rtcp_dest[1]):
+            # Strict source (as for RTP): RTCP only from the port the SDP implies (RFC 3550
+            # section 11: RTP port + 1, or a=rtcp), so no one on the phone's host can inject.
             self.dropped_wrong_source += 1
             return
         if not is_rtcp(data):

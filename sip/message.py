@@ -64,6 +64,7 @@ _CANONICAL: dict[str, str] = {
         "In-Reply-To",
         "Max-Forwards",
         "Min-Expires",
+        "Min-SE",
         "MIME-Version",
         "Organization",
         "P-Asserted-Identity",
@@ -71,6 +72,7 @@ _CANONICAL: dict[str, str] = {
         "Proxy-Authenticate",
         "Proxy-Authorization",
         "Proxy-Require",
+        "RAck",
         "Reason",
         "Record-Route",
         "Refer-To",
@@ -79,6 +81,7 @@ _CANONICAL: dict[str, str] = {
         "Require",
         "Retry-After",
         "Route",
+        "RSeq",
         "Server",
         "Session-Expires",
         "Subject",
@@ -122,9 +125,35 @@ LIST_HEADERS: frozenset[str] = frozenset(
     }
 )
 
-# Headers that must appear at most once (RFC 3261 section 20); a duplicate is a 400.
+# Headers that must appear at most once; a duplicate is a 400. RFC 3261 section 20 (and the
+# extensions' own grammars: RFC 3262 RSeq/RAck, RFC 3265 Event, RFC 3515 Refer-To, RFC 4028
+# Session-Expires/Min-SE) give each of these a single value. Refusing a second copy closes the
+# "which one wins" ambiguity between stacks (two Content-Lengths, two To tags, two CSeqs...).
 SINGLE_HEADERS: frozenset[str] = frozenset(
-    {"Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Length", "Content-Type", "Expires"}
+    {
+        "Call-ID",
+        "CSeq",
+        "From",
+        "To",
+        "Max-Forwards",
+        "Content-Length",
+        "Content-Type",
+        "Content-Disposition",
+        "Expires",
+        "Min-Expires",
+        "Date",
+        "MIME-Version",
+        "Retry-After",
+        "Timestamp",
+        "Subject",
+        "Priority",
+        "Event",
+        "Refer-To",
+        "Session-Expires",
+        "Min-SE",
+        "RSeq",
+        "RAck",
+    }
 )
 
 
@@ -319,6 +348,7 @@ REASONS: dict[int, str] = {
     407: "Proxy Authentication Required",
     408: "Request Timeout",
     413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
     415: "Unsupported Media Type",
     416: "Unsupported URI Scheme",
     420: "Bad Extension",

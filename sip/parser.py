@@ -28,9 +28,17 @@ from sip.message import (
 from sip.uri import is_token, parse_uri, parse_via, split_list, validate_name_addr
 
 __all__ = [
+    "MAX_BRANCH_BYTES",
+    "MAX_CALL_ID_BYTES",
     "MAX_HEADERS",
+    "MAX_HEADER_NAME_BYTES",
     "MAX_LINE_BYTES",
     "MAX_MESSAGE_BYTES",
+    "MAX_METHOD_BYTES",
+    "MAX_REASON_BYTES",
+    "MAX_TAG_BYTES",
+    "MAX_URI_BYTES",
+    "MAX_VIAS",
     "StreamFramer",
     "parse_message",
     "salvage_request",
@@ -42,6 +50,21 @@ MAX_LINE_BYTES = 8192
 MAX_HEADERS = 256
 # A Content-Length above this cannot be satisfied by any message we accept.
 _MAX_CONTENT_LENGTH = MAX_MESSAGE_BYTES
+# Per-field limits. RFC 3261 sets no sizes, but every field a stack copies into a dialog,
+# transaction key or log line needs one: the SIP-stack CVEs behind
+# tests/test_sip_cve_corpus.py are overlong tags, branches, Call-IDs and method names
+# overflowing fixed buffers. Each limit is well above what real peers send and above what RFC
+# 4475 "longreq" (section 3.1.1.7, the long-values torture message: a 155-octet tag, a
+# 215-octet branch, a 141-octet Call-ID) carries. Over a limit the request gets 400 (414 for
+# the Request-URI, RFC 3261 section 21.4.12).
+MAX_METHOD_BYTES = 64  # method and CSeq method
+MAX_URI_BYTES = 4096  # Request-URI
+MAX_REASON_BYTES = 512  # Reason-Phrase of a status line
+MAX_HEADER_NAME_BYTES = 128
+MAX_CALL_ID_BYTES = 256
+MAX_TAG_BYTES = 256  # the tag parameter of From and To
+MAX_BRANCH_BYTES = 256  # the branch parameter of each Via
+MAX_VIAS = 128  # Via entries (RFC 4475 longreq has 34)
 
 # SIP-Version = "SIP" "/" 1*DIGIT "." 1*DIGIT (RFC 3261 section 25.1)
 _VERSION_RE = re.compile(r"[Ss][Ii][Pp]/[0-9]+\.[0-9]+")
@@ -55,6 +78,15 @@ _DATE_RE = re.compile(
 # Header names seen before -> canonical name (bounded so hostile input cannot grow it).
 _NAME_CACHE: dict[str, str] = {}
 _NAME_CACHE_MAX = 2048
+
+# Control characters other than HTAB (and LF/CR, handled as line ends). RFC 3261 section 25.1
+# allows them in a header section only as the second octet of a quoted-pair
+# ("\\" %x00-09 / %x0B-0C / %x0E-7F) inside a quoted-string: RFC 4475 intmeth's display
+# name "BEL:\\<07> NUL:\\<00> DEL:\\<7F>" is valid; a bare NUL or VT (before a colon or
+# anywhere else) is not.
+_CTL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# The tag parameter of a From/To value (LWS around "=" allowed, RFC 3261 section 25.1 EQUAL).
+_TAG_RE = re.compile(r"(?i);[ \t]*tag[ \t]*=[ \t]*([^; \t,]*)")
 
 # Headers whose values are validated structurally after the header loop.
 _ADDRESS_HEADERS = frozenset({"From", "To", "Contact", "Route", "Record-Route"})
@@ -70,6 +102,8 @@ def _header_name(raw: str) -> str:
     known = _NAME_CACHE.get(raw)
     if known is not None:
         return known
+    if len(raw) > MAX_HEADER_NAME_BYTES:
+        raise _bad("Header name too long")
     if not is_token(raw):
         raise _bad("Bad header name")
     name = canonical_name(raw)
@@ -114,6 +148,8 @@ def _head_lines(data: bytes, start: int, head_end: int) -> list[str]:
         head = head.replace("\r\n", "\n")
         if "\r" in head:
             raise _bad("Bare CR in header section")
+    if _CTL_RE.search(head) is not None:
+        _check_controls(head)
     lines = head.split("\n")
     if "\n " in head or "\n\t" in head:
         # RFC 3261 section 7.3.1: a line starting with whitespace continues the previous
@@ -133,6 +169,19 @@ def _head_lines(data: bytes, start: int, head_end: int) -> list[str]:
     return lines
 
 
+def _check_controls(head: str) -> None:
+    """Reject a control character that is not escaped by a backslash (see ``_CTL_RE``).
+
+    This is how a header name with a NUL, VT or FF before its colon is refused (the name is
+    not a token either), and a value carrying raw control octets: RFC 3261 section 25.1
+    TEXT-UTF8char, qdtext and token all exclude CTLs.
+    """
+    for match in _CTL_RE.finditer(head):
+        at = match.start()
+        if at == 0 or head[at - 1] != "\\":
+            raise _bad("Control character in header section")
+
+
 def _parse_start_line(line: str) -> Request | Response:
     if line[:4].upper() == "SIP/":
         # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase (section 7.2)
@@ -145,6 +194,8 @@ def _parse_start_line(line: str) -> Request | Response:
         # Status-Code = 3DIGIT, first digit 1-6 (sections 7.2 and 21)
         if len(code) != 3 or not _is_digits(code) or not "1" <= code[0] <= "6":
             raise _bad("Bad status code")
+        if len(parts) == 3 and len(parts[2]) > MAX_REASON_BYTES:
+            raise _bad("Reason phrase too long")
         return Response(status=int(code), reason=parts[2] if len(parts) == 3 else "")
     # Request-Line = Method SP Request-URI SP SIP-Version CRLF (section 7.1): exactly one SP
     # between elements, no leading or trailing whitespace (RFC 4475 lwsstart, trws).
@@ -152,8 +203,12 @@ def _parse_start_line(line: str) -> Request | Response:
     if len(parts) != 3 or not parts[1]:
         raise _bad("Bad request line")
     method, uri, version = parts
+    if len(method) > MAX_METHOD_BYTES:
+        raise _bad("Method too long")
     if not is_token(method):
         raise _bad("Bad method")
+    if len(uri) > MAX_URI_BYTES:
+        raise SipParseError("Request-URI Too Long", 414)
     if _VERSION_RE.fullmatch(version) is None:
         raise _bad("Bad request line")
     if version.upper() != "SIP/2.0":
@@ -166,6 +221,8 @@ def _check_cseq(value: str, method: str | None) -> None:
     parts = value.split()
     if len(parts) != 2 or not _is_digits(parts[0]) or not is_token(parts[1]):
         raise _bad("Bad CSeq")
+    if len(parts[1]) > MAX_METHOD_BYTES:
+        raise _bad("CSeq method too long")
     if len(parts[0]) > 10 or int(parts[0]) > 2**31 - 1:
         raise _bad("CSeq number out of range")
     if method is not None and parts[1] != method:
@@ -176,9 +233,13 @@ def _check_cseq(value: str, method: str | None) -> None:
 def _validate(name: str, value: str) -> None:
     """Structural checks of one header entry (see module docstring)."""
     if name == "Via":
-        parse_via(value)
+        branch = parse_via(value).branch
+        if branch is not None and len(branch) > MAX_BRANCH_BYTES:
+            raise _bad("Via branch too long")
     elif name in ("From", "To"):
         validate_name_addr(value)
+        if any(len(tag.group(1)) > MAX_TAG_BYTES for tag in _TAG_RE.finditer(value)):
+            raise _bad(f"{name} tag too long")
     elif name == "Contact":
         if value != "*":
             validate_name_addr(value)
@@ -192,9 +253,19 @@ def _validate(name: str, value: str) -> None:
         # callid = word [ "@" word ]: not empty, no whitespace
         if not value or " " in value or "\t" in value:
             raise _bad("Bad Call-ID")
+        if len(value) > MAX_CALL_ID_BYTES:
+            raise _bad("Call-ID too long")
     elif name == "Date" and _DATE_RE.fullmatch(value) is None:
         raise _bad("Bad Date")  # RFC 4475 baddate: only GMT is allowed
 
+
+# Header values that passed _validate (a pure function of name and value) and Request-URIs
+# that parsed: a dialog repeats its From, To, Contact, Route and Via values in every message,
+# and re-checking them was half of parse_message's time (bench.micro profile). Bounded: cleared
+# when full, so a flood of distinct values costs only the cache's benefit.
+_VALID_CACHE: dict[tuple[str, str], None] = {}
+_RURI_CACHE: dict[str, None] = {}
+_CACHE_MAX = 4096
 
 _VALIDATED = frozenset({"Via", "Max-Forwards", "Call-ID", "Date"} | _ADDRESS_HEADERS)
 
@@ -258,24 +329,35 @@ def parse_message(data: bytes) -> Request | Response:
         body = data[body_start:]
 
     # Mandatory headers (section 8.1.1; responses copy them, section 8.2.6.2).
-    if not any(name == "Via" for name, _ in to_check):
+    vias = sum(1 for name, _ in to_check if name == "Via")
+    if not vias:
         raise _bad("Missing Via")
+    if vias > MAX_VIAS:
+        raise _bad("Too many Via entries")
     for name in _MANDATORY[1:]:
         if name not in singles:
             raise _bad(f"Missing {name}")
     _check_cseq(singles["CSeq"], message.method if isinstance(message, Request) else None)
-    for name, value in to_check:
-        _validate(name, value)
+    valid = _VALID_CACHE
+    for entry in to_check:
+        if entry not in valid:
+            _validate(*entry)
+            if len(valid) >= _CACHE_MAX:
+                valid.clear()
+            valid[entry] = None
 
     message.headers = Headers(items)
     message.body = body
-    if isinstance(message, Request):
+    if isinstance(message, Request) and message.uri not in _RURI_CACHE:
         # Last, so that a 416 is only reported for a request that is otherwise answerable.
         uri = parse_uri(message.uri)
         if uri.headers:
             # Section 19.1.1 table: headers are not allowed in a Request-URI (RFC 4475
             # escruri).
             raise _bad("Headers in Request-URI")
+        if len(_RURI_CACHE) >= _CACHE_MAX:
+            _RURI_CACHE.clear()
+        _RURI_CACHE[message.uri] = None
     return message
 
 
