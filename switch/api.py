@@ -16,6 +16,7 @@ Prometheus text format from :mod:`switch.metrics`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import math
@@ -43,12 +44,12 @@ from media.wav import TELEPHONY_RATE, WavError, load_prompt, read_wav, to_teleph
 from switch.app import Switch
 from switch.b2bua import B2BUA, Call, Leg, LegState
 from switch.config import ApiKey
-from switch.control import DestinationError, split_destinations
+from switch.control import DestinationError, DestinationNotAllowed, split_destinations
 from switch.metrics import make_registry
 from switch.scheduler import RetryPolicy
 from switch.store import StoreError
 
-__all__ = ["ApiError", "install_api"]
+__all__ = ["ApiError", "find_api_key", "install_api"]
 
 log = logging.getLogger(__name__)
 
@@ -177,11 +178,18 @@ _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                                description="`X-API-Key: <api key>`")
 
 
-def _find_key(keys: tuple[ApiKey, ...], presented: str) -> ApiKey | None:
-    given = presented.encode("utf-8", "surrogateescape")
+def find_api_key(keys: tuple[ApiKey, ...], presented: str) -> ApiKey | None:
+    """The configured key matching ``presented``, or None.
+
+    Keys are compared by their SHA-256 (``key_sha256``, which the config may give instead of
+    the key itself, so the file need not hold it), in constant time and against every key:
+    neither the time taken nor an early exit tells which key, or how much of one, matched.
+    """
+    given = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).hexdigest().encode()
     found: ApiKey | None = None
-    for key in keys:  # compare with every key: the time taken does not tell which matched
-        if hmac.compare_digest(key.key.encode("utf-8"), given) and found is None:
+    for key in keys:
+        digest = key.key_sha256 or hashlib.sha256(key.key.encode("utf-8")).hexdigest()
+        if hmac.compare_digest(digest.encode(), given) and found is None:
             found = key
     return found
 
@@ -198,8 +206,9 @@ def _tenant(
         raise ApiError(401, "unauthorized", "an API key is required (Authorization: Bearer "
                        "<key> or X-API-Key: <key>)", headers={"WWW-Authenticate": "Bearer"})
     for value in presented:
-        key = _find_key(keys, value)
+        key = find_api_key(keys, value)
         if key is not None:
+            request.state.api_key = key  # who asked, for the audit log
             return key.tenant
     raise ApiError(401, "unauthorized", "invalid API key",
                    headers={"WWW-Authenticate": "Bearer"})
@@ -394,16 +403,31 @@ class ScheduleRequest(_Body):
 # --------------------------------------------------------------------------- helpers
 
 
-def _check_call_request(sw: Switch, req: CallRequest, *, allow_list: bool) -> list[str]:
+def _check_call_request(sw: Switch, req: CallRequest, *, allow_list: bool,
+                        tenant: str | None = None, request: Request | None = None) -> list[str]:
+    """Validate a call request; with ``tenant``, every destination is also checked against
+    the tenant's destination policy first, so a list is placed entirely or not at all."""
     try:
         entries = split_destinations(req.destination, allow_list=allow_list)
+        dests = []
         for entry in entries:
             dest = sw.resolve_destination(entry)
             if dest.kind in ("flow", "message"):
                 raise DestinationError(
                     f"a {dest.kind} cannot be called; use it as the second stage ('then')")
+            dests.append(dest)
         if req.then is not None:
-            sw.resolve_destination(req.then)
+            dests.append(sw.resolve_destination(req.then))
+        for dest in dests if tenant is not None else ():
+            try:
+                sw.check_policy(str(tenant), dest)
+            except DestinationNotAllowed as exc:
+                sw.audit_originate("denied", tenant=str(tenant), destination=req.destination,
+                                   tags={"requested_by": _requester(request)},
+                                   then=req.then, reason=exc.reason)
+                raise
+    except DestinationNotAllowed as exc:
+        raise ApiError(403, "destination_not_allowed", str(exc)) from None
     except DestinationError as exc:
         raise ApiError(400, "invalid_destination", str(exc)) from None
     if req.flow is not None and req.flow not in sw.flows:
@@ -413,11 +437,23 @@ def _check_call_request(sw: Switch, req: CallRequest, *, allow_list: bool) -> li
     return entries
 
 
-def _originate_options(req: CallRequest, tenant: str) -> dict[str, Any]:
+def _requester(request: Request | None) -> dict[str, Any]:
+    """Who made an HTTP request, for the audit log: the API key's name and the client IP."""
+    if request is None:
+        return {"via": "api"}
+    key = getattr(request.state, "api_key", None)
+    return {"via": "api", "api_key": key.name if isinstance(key, ApiKey) else None,
+            "client_ip": request.client.host if request.client else None}
+
+
+def _originate_options(req: CallRequest, tenant: str,
+                       request: Request | None = None) -> dict[str, Any]:
     options = req.model_dump(exclude={"destination", "external_id"}, exclude_none=True)
     options["tenant"] = tenant
+    tags: dict[str, Any] = {"requested_by": _requester(request)}
     if req.external_id is not None:
-        options["tags"] = {"external_id": req.external_id}
+        tags["external_id"] = req.external_id
+    options["tags"] = tags
     return options
 
 
@@ -562,14 +598,20 @@ router = APIRouter(prefix="/v1", responses=_ERRORS)
 
 
 @router.post("/calls", status_code=202, response_model=CallsAccepted, tags=["calls"])
-async def create_calls(body: CallRequest, sw: SwitchDep, tenant: TenantDep) -> dict[str, Any]:
+async def create_calls(body: CallRequest, sw: SwitchDep, tenant: TenantDep,
+                       request: Request) -> dict[str, Any]:
     """Place one call per destination (a comma-separated list places several); returns at
     once with the ids, before anything rings. Follow progress with webhooks or
     `GET /v1/calls/{call_id}`."""
-    entries = _check_call_request(sw, body, allow_list=True)
-    options = _originate_options(body, tenant)
+    if sw.draining:
+        # A graceful shutdown is under way: tell the client to try again (elsewhere/later).
+        raise ApiError(503, "shutting_down", "the switch is shutting down; no new calls")
+    entries = _check_call_request(sw, body, allow_list=True, tenant=tenant, request=request)
+    options = _originate_options(body, tenant, request)
     try:
         refs = [sw.originate(entry, **options) for entry in entries]
+    except DestinationNotAllowed as exc:
+        raise ApiError(403, "destination_not_allowed", str(exc)) from None
     except DestinationError as exc:
         raise ApiError(400, "invalid_destination", str(exc)) from None
     except ValueError as exc:
@@ -747,7 +789,9 @@ async def transfer_leg(leg_id: str, body: TransferRequest, state: StateDep,
     sw = state.switch
     _leg(sw, tenant, leg_id, answered=True)
     try:
-        sw.resolve_destination(body.destination)
+        sw.check_policy(tenant, sw.resolve_destination(body.destination))
+    except DestinationNotAllowed as exc:
+        raise ApiError(403, "destination_not_allowed", str(exc)) from None
     except DestinationError as exc:
         raise ApiError(400, "invalid_destination", str(exc)) from None
     state.spawn(sw.transfer(leg_id, body.destination, ring_timeout=body.ring_timeout),
@@ -853,10 +897,11 @@ async def get_recording(recording_id: str, sw: SwitchDep, tenant: TenantDep) -> 
 
 
 @router.post("/schedule", status_code=201, tags=["schedule"])
-async def create_job(body: ScheduleRequest, sw: SwitchDep, tenant: TenantDep) -> dict[str, Any]:
+async def create_job(body: ScheduleRequest, sw: SwitchDep, tenant: TenantDep,
+                     request: Request) -> dict[str, Any]:
     """Schedule a call for later (or now), with retries and service hours. The request is
     validated now, so a bad destination fails here rather than at dialling time."""
-    _check_call_request(sw, body.request, allow_list=False)
+    _check_call_request(sw, body.request, allow_list=False, tenant=tenant, request=request)
     at = _parse_at(body.at)
     retry: RetryPolicy | None = None
     if body.retry is not None:
@@ -865,13 +910,13 @@ async def create_job(body: ScheduleRequest, sw: SwitchDep, tenant: TenantDep) ->
             retry = RetryPolicy.from_dict(raw)
         except ValueError as exc:
             raise ApiError(400, "invalid_retry", str(exc)) from None
-    request = _originate_options(body.request, tenant)
-    request["destination"] = body.request.destination
+    job_request = _originate_options(body.request, tenant, request)
+    job_request["destination"] = body.request.destination
     if body.service_hours is not None and body.service_hours not in sw.calendars:
         raise ApiError(400, "unknown_service_hours",
                        f"no such service hours calendar: {body.service_hours!r}")
     try:
-        job_id = await sw.scheduler.schedule(request, at=at, retry=retry,
+        job_id = await sw.scheduler.schedule(job_request, at=at, retry=retry,
                                              service_hours=body.service_hours,
                                              at_least_once=body.at_least_once)
     except ValueError as exc:

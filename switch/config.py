@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import importlib.resources
 import ipaddress
 import json
@@ -21,9 +22,14 @@ from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import phonenumbers
+
+from switch.security import SecurityConfig
+
+if TYPE_CHECKING:
+    from switch.policy import DestinationPolicy
 
 __all__ = [
     "AuthConfig",
@@ -133,6 +139,7 @@ class CallsConfig:
     recordings_dir: str = "recordings"  # where recordings go (relative to the working dir)
     inband_dtmf: str = "auto"  # in-band DTMF detection: auto (legs without telephone-event),
     # always, or off
+    drain_timeout: float = 30.0  # seconds a graceful shutdown lets calls finish (0: at once)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,9 +180,12 @@ class Extension:
 class ApiKey:
     """``[[api.keys]]``: a key for the native HTTP API, scoped to one tenant."""
 
-    key: str = field(repr=False)
+    key: str = field(default="", repr=False)  # the plain key; "" when only key_sha256 is given
     tenant: str = "default"
     name: str = ""
+    # Lower-case hex SHA-256 of the key: what requests are checked against (computed from
+    # ``key`` when the config gives the plain key), so a config may hold only the hash.
+    key_sha256: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +226,9 @@ class WebhookConfig:
     url: str
     events: tuple[str, ...] = ("*",)
     secret: str = field(default="", repr=False)  # non-empty: HMAC-SHA256 signature header
-    max_attempts: int = 10
+    # 30 attempts with the 1 s .. 300 s backoff span at least 6,511 s: a receiver down for an
+    # hour still gets everything when it returns.
+    max_attempts: int = 30
     connect_timeout: float = 5.0
     read_timeout: float = 10.0
 
@@ -278,6 +290,11 @@ class Config:
         default_factory=lambda: MappingProxyType({}))
     # vendor front-end name -> its validated settings (switch.frontends)
     frontends: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+    # [policy.<tenant>]: what each account may dial (switch.policy; "*" for the others)
+    policies: Mapping[str, DestinationPolicy] = field(
+        default_factory=lambda: MappingProxyType({}))
+    # [security]: flood bans and brute-force limits (switch.security.SourceGuard)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
     def extension(self, number: str) -> Extension | None:
         """The extension with this number, or None."""
@@ -532,9 +549,14 @@ def _parse_registrar(data: object) -> RegistrarConfig:
 def _parse_calls(data: object) -> CallsConfig:
     t = _Table(
         data, "calls",
-        ("ring_timeout", "default_country", "record", "recordings_dir", "inband_dtmf"),
+        ("ring_timeout", "default_country", "record", "recordings_dir", "inband_dtmf",
+         "drain_timeout"),
     )
     d = CallsConfig()
+    drain = t.data.get("drain_timeout", d.drain_timeout)
+    if (not isinstance(drain, int | float) or isinstance(drain, bool)
+            or not math.isfinite(drain) or not 0 <= drain <= 86400):
+        raise ConfigError("calls.drain_timeout", "must be a number of seconds, 0..86400")
     country = t.string("default_country", d.default_country, nonempty=True).upper()
     if country not in phonenumbers.SUPPORTED_REGIONS:
         raise ConfigError(
@@ -549,6 +571,7 @@ def _parse_calls(data: object) -> CallsConfig:
         record=t.boolean("record", d.record),
         recordings_dir=t.string("recordings_dir", d.recordings_dir, nonempty=True),
         inband_dtmf=inband,
+        drain_timeout=float(drain),
     )
 
 
@@ -727,6 +750,22 @@ def _numbers(t: _Table, key: str, extensions: set[str]) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _api_key_secret(t: _Table) -> tuple[str, str]:
+    """``key`` (plain) or ``key_sha256`` (hex digest; the key itself stays out of the file):
+    exactly one of them. Returns (plain key or "", lower-case hex SHA-256)."""
+    if t.has("key") == t.has("key_sha256"):
+        raise ConfigError(t.key("key"), "give exactly one of key and key_sha256")
+    if t.has("key"):
+        key = t.required_string("key")
+        if len(key) < 8:
+            raise ConfigError(t.key("key"), "must be at least 8 characters")
+        return key, hashlib.sha256(key.encode("utf-8")).hexdigest()
+    digest = t.required_string("key_sha256").lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ConfigError(t.key("key_sha256"), "must be 64 hex digits (a SHA-256 digest)")
+    return "", digest
+
+
 def _parse_call_control(root: _Table, extensions: tuple[Extension, ...],
                         trunks: tuple[Trunk, ...]) -> dict[str, Any]:
     """The call-control sections: [api], [[groups]], [[queues]], [[flows]], [[webhooks]],
@@ -748,14 +787,13 @@ def _parse_call_control(root: _Table, extensions: tuple[Extension, ...],
     api_t = _Table(root.data.get("api", {}), "api", ("keys", "prompts_dir"))
     keys: list[ApiKey] = []
     for path, item in api_t.array_of_tables("keys"):
-        t = _Table(item, path, ("key", "tenant", "name"))
-        key = t.required_string("key")
-        if len(key) < 8:
-            raise ConfigError(t.key("key"), "must be at least 8 characters")
-        if any(k.key == key for k in keys):
-            raise ConfigError(t.key("key"), "duplicate key")
+        t = _Table(item, path, ("key", "key_sha256", "tenant", "name"))
+        key, digest = _api_key_secret(t)
+        if any(k.key_sha256 == digest for k in keys):
+            raise ConfigError(t.key("key_sha256" if t.has("key_sha256") else "key"),
+                              "duplicate key")
         keys.append(ApiKey(key=key, tenant=t.string("tenant", "default", nonempty=True),
-                           name=t.string("name", "")))
+                           name=t.string("name", ""), key_sha256=digest))
     api = ApiConfig(keys=tuple(keys),
                     prompts_dir=api_t.string("prompts_dir", ApiConfig().prompts_dir, nonempty=True))
 
@@ -808,7 +846,7 @@ def _parse_call_control(root: _Table, extensions: tuple[Extension, ...],
             raise ConfigError(t.key("events"), "must be a non-empty array of event names")
         webhooks.append(WebhookConfig(
             name=name, url=url, events=tuple(events), secret=t.string("secret", ""),
-            max_attempts=t.integer("max_attempts", 10, 1, 1000),
+            max_attempts=t.integer("max_attempts", 30, 1, 1000),  # see WebhookConfig
             connect_timeout=t.positive_number("connect_timeout", 5.0),
             read_timeout=t.positive_number("read_timeout", 10.0),
         ))
@@ -855,12 +893,42 @@ def _parse_call_control(root: _Table, extensions: tuple[Extension, ...],
     }
 
 
+def _parse_security(data: object) -> SecurityConfig:
+    """``[security]``: per-source flood bans and digest brute-force limits."""
+    t = _Table(data, "security", ("enabled", "flood_window", "flood_limit", "ban_seconds",
+                                  "allow", "auth_window", "auth_source_limit",
+                                  "auth_account_limit", "max_sources"))
+    d = SecurityConfig()
+    allow = t.data.get("allow", [])
+    if not isinstance(allow, list):
+        raise ConfigError(t.key("allow"), f"must be an array, not {_type_name(allow)}")
+    for i, item in enumerate(allow):
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{t.key('allow')}[{i}]",
+                              f"not an IP address or CIDR: {item!r}") from None
+    return SecurityConfig(
+        enabled=t.boolean("enabled", d.enabled),
+        flood_window=t.positive_number("flood_window", d.flood_window),
+        flood_limit=t.integer("flood_limit", d.flood_limit, 1),
+        ban_seconds=t.positive_number("ban_seconds", d.ban_seconds),
+        allow=tuple(str(a) for a in allow),
+        auth_window=t.positive_number("auth_window", d.auth_window),
+        auth_source_limit=t.integer("auth_source_limit", d.auth_source_limit, 1),
+        auth_account_limit=t.integer("auth_account_limit", d.auth_account_limit, 1),
+        max_sources=t.integer("max_sources", d.max_sources, 16, 10_000_000),
+    )
+
+
 # --------------------------------------------------------------------------- public API
 
 _SECTIONS = (
     "sip", "rtp", "http", "auth", "registrar", "calls", "store", "log", "prompts",
     "extensions", "trunks", "routes", "api", "groups", "queues", "flows", "webhooks", "limits",
     "service_hours", "hipcall", "click2call", "quickom", "formcall", "infocaller",
+    "policy",
+    "security",
 )  # fmt: skip
 
 
@@ -893,6 +961,12 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         routes=_parse_routes(root, trunks),
         **control,
     )
+    if "policy" in root.data:
+        from switch.policy import parse_policies
+
+        config = dataclasses.replace(config, policies=parse_policies(root.data["policy"]))
+    if "security" in root.data:
+        config = dataclasses.replace(config, security=_parse_security(root.data["security"]))
     from switch.frontends import parse_sections
 
     frontends = parse_sections(root.data, config)

@@ -37,9 +37,11 @@ from typing import TYPE_CHECKING, Any
 
 from media.playback import PlaybackHandle
 from media.wav import Prompt
+from switch.audit import AuditLog
 from switch.b2bua import B2BUA, Call, CallEvent, ForkTarget, Group, Leg, LegState, Outcome
 from switch.config import Config, Queue, RingGroup, Trunk
 from switch.limits import LimitExceeded, Limits, Permit
+from switch.policy import PolicyBook
 from switch.registrar import LocationService
 from switch.routing import ExtensionTarget, Router, TrunkTarget, Unroutable, to_e164
 
@@ -57,6 +59,16 @@ _CALLER_ID = re.compile(r"^\+?[0-9]{1,32}$")
 
 class DestinationError(ValueError):
     """A destination string that is malformed, unsafe or has no route."""
+
+
+class DestinationNotAllowed(DestinationError):
+    """A valid destination the account's policy (``[policy.<tenant>]``) does not allow."""
+
+    def __init__(self, tenant: str, destination: str, reason: str) -> None:
+        super().__init__(f"{destination!r} is not allowed for {tenant!r}: {reason}")
+        self.tenant = tenant
+        self.destination = destination
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +139,8 @@ class CallControl:
     router: Router
     location: LocationService
     limits: Limits
+    policy: PolicyBook  # [policy.<tenant>]: what each account may dial
+    audit: AuditLog  # who asked for which call (logger "switch.audit")
     flows: dict[str, Flow]
     _sessions: dict[str, _Session]
     recent_cdrs: OrderedDict[str, dict[str, Any]]  # the last 1000 ended calls
@@ -176,6 +190,28 @@ class CallControl:
         if isinstance(routed, ExtensionTarget):
             return Destination("extension", routed.number, entry)
         return Destination("number", routed.number, entry, trunk=routed.trunk)
+
+    def check_policy(self, tenant: str, dest: Destination) -> None:
+        """Raise :class:`DestinationNotAllowed` when ``tenant``'s destination policy refuses
+        ``dest`` (outside numbers only; internal destinations are always allowed)."""
+        reason = self.policy.check(tenant, dest.kind, dest.value)
+        if reason is not None:
+            raise DestinationNotAllowed(tenant, dest.text, reason)
+
+    def audit_originate(self, result: str, *, tenant: str, destination: str,
+                        tags: Mapping[str, Any] | None = None, **fields: Any) -> None:
+        """One audit entry for an originate: who asked (from ``tags``: the front-end, the
+        scheduled job, and ``requested_by`` = ``{"via", "api_key", "client_ip"}`` from the
+        HTTP API) and the result (``accepted`` / ``denied``)."""
+        tags = tags or {}
+        who = tags.get("requested_by")
+        who = who if isinstance(who, Mapping) else {}
+        self.audit.record(
+            "originate", result=result, tenant=tenant, destination=destination,
+            via=who.get("via") or ("frontend" if tags.get("frontend") else None),
+            api_key=who.get("api_key"), client_ip=who.get("client_ip"),
+            frontend=tags.get("frontend"), job_id=tags.get("job_id"),
+            external_id=tags.get("external_id"), **fields)
 
     def _group(self, name: str) -> RingGroup | None:
         return next((g for g in self.config.groups if g.name == name), None)
@@ -256,6 +292,14 @@ class CallControl:
             raise DestinationError(f"no such call flow: {flow!r}")
         if second is not None and flow is not None:
             raise DestinationError("give either a second destination or a flow, not both")
+        try:
+            self.check_policy(tenant, dest)
+            if second is not None:
+                self.check_policy(tenant, second)
+        except DestinationNotAllowed as exc:
+            self.audit_originate("denied", tenant=tenant, destination=destination, tags=tags,
+                                 then=then, reason=exc.reason)
+            raise
         caller_id = check_caller_id(caller_id)
         second_caller_id = check_caller_id(second_caller_id)
         for timeout in (ring_timeout, second_ring_timeout):
@@ -277,6 +321,8 @@ class CallControl:
         second_id = str(uuid.uuid4()) if second is not None else None
         self.b2bua._emit("initiated", call, None, caller=call.caller, callee=destination,
                          originated=True, leg_id=leg_id)
+        self.audit_originate("accepted", tenant=tenant, destination=destination, tags=tags,
+                             then=then, flow=flow, caller_id=caller_id, call_id=call.id)
         self._spawn(session, self._run_originate(
             session, dest, leg_id, second, second_id, flow,
             caller_id=caller_id, caller_name=caller_name,
@@ -452,6 +498,16 @@ class CallControl:
         if isinstance(dest, str):
             dest = self.resolve_destination(dest)
         call = leg.call
+        session = self._sessions.get(call.id)
+        tenant = session.tenant if session is not None else str(call.tags.get("tenant",
+                                                                                "default"))
+        try:
+            self.check_policy(tenant, dest)
+        except DestinationNotAllowed as exc:
+            self.audit.record("connect", result="denied", tenant=tenant, call_id=call.id,
+                              leg_id=leg.id, destination=dest.text, reason=exc.reason,
+                              frontend=call.tags.get("frontend"))
+            raise
         if dest.kind == "message":
             handle = self.play(leg.id, dest.value)
             await handle.wait()
@@ -707,8 +763,13 @@ class LegFlowHost:
         )
 
     async def dial(self, destination: str, *, timeout: float, caller_id: str | None) -> str:
-        outcome = await self.control.connect(self.leg, destination, ring_timeout=timeout,
-                                             caller_id=check_caller_id(caller_id))
+        try:
+            outcome = await self.control.connect(self.leg, destination, ring_timeout=timeout,
+                                                 caller_id=check_caller_id(caller_id))
+        except DestinationNotAllowed as exc:
+            # A refused destination is the flow's dial failing (its on_fail), not a crash.
+            log.info("flow dial from leg %s: %s", self.leg.id, exc)
+            return Outcome.REJECTED.value
         if outcome == Outcome.ANSWERED:
             # Stay in the flow until the bridged conversation is over.
             while self.leg.state == LegState.CONFIRMED and self.leg.bridged_to is not None:
@@ -782,6 +843,7 @@ def _log_task_error(task: asyncio.Task[Any]) -> None:
 
 
 __all__ = [
-    "CallControl", "CallRef", "Destination", "DestinationError", "LegFlowHost", "build_cdr",
+    "CallControl", "CallRef", "Destination", "DestinationError", "DestinationNotAllowed",
+    "LegFlowHost", "build_cdr",
     "check_caller_id", "split_destinations",
 ]

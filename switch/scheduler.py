@@ -242,6 +242,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
+        self._paused = False
 
     @property
     def running(self) -> bool:
@@ -252,6 +253,21 @@ class Scheduler:
     def in_flight(self) -> int:
         """Attempts currently being placed."""
         return len(self._inflight)
+
+    @property
+    def paused(self) -> bool:
+        """Whether dispatching is paused (see :meth:`pause`)."""
+        return self._paused
+
+    def pause(self) -> None:
+        """Stop starting attempts (a draining switch): due jobs stay "pending" in the store,
+        so they are placed by the next run; attempts already in flight carry on."""
+        self._paused = True
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`."""
+        self._paused = False
+        self._wake.set()
 
     async def start(self) -> None:
         """Recover jobs interrupted mid-call, then start the dispatch loop.
@@ -418,6 +434,8 @@ class Scheduler:
 
     async def _dispatch_due(self) -> float:
         """Start attempts for due jobs; return how long to sleep before looking again."""
+        if self._paused:
+            return self._max_sleep  # resume() wakes the loop
         free = self._max_concurrent - len(self._inflight)
         # In-flight jobs may still read "pending" for a moment, so over-fetch by that many,
         # plus one to learn when the next job is due.

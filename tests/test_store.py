@@ -489,3 +489,19 @@ async def test_missing_parent_of_sqlite_url_is_created(tmp_path: Path) -> None:
     finally:
         await s.close()
     assert (tmp_path / "deep" / "er" / "x.db").exists()
+
+
+async def test_add_cdrs_batch_inserts_and_replaces(store: Store) -> None:
+    await store.add_cdrs([{"call_id": "a", "outcome": "busy", "started_at": 1.0},
+                          {"call_id": "b", "started_at": 2.0, "custom": 7}])
+    await store.add_cdrs([{"call_id": "a", "outcome": "answered", "started_at": 1.0},
+                          {"call_id": "c", "started_at": 3.0},
+                          {"call_id": "c", "started_at": 3.0, "outcome": "failed"}])
+    await store.add_cdrs([])
+    rows = {c["call_id"]: c for c in await store.list_cdrs()}
+    assert set(rows) == {"a", "b", "c"}
+    assert rows["a"]["outcome"] == "answered"     # replaced, not duplicated
+    assert rows["b"]["custom"] == 7               # unknown keys kept
+    assert rows["c"]["outcome"] == "failed"       # the last of duplicates in a batch wins
+    with pytest.raises(ValueError):
+        await store.add_cdrs([{"outcome": "x"}])

@@ -851,12 +851,10 @@ def _api_tenant(front: FormCall, request: Request) -> str:
     if not presented:
         raise _api_error(401, "unauthorized", "an API key is required (Authorization: Bearer "
                          "<key> or X-API-Key: <key>)")
+    from switch.api import find_api_key
+
     for value in presented:
-        given = value.encode("utf-8", "surrogateescape")
-        found = None
-        for key in front.sw.config.api.keys:
-            if hmac.compare_digest(key.key.encode("utf-8"), given) and found is None:
-                found = key
+        found = find_api_key(front.sw.config.api.keys, value)
         if found is not None:
             return found.tenant
     raise _api_error(401, "unauthorized", "invalid API key")
