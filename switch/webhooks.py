@@ -226,6 +226,7 @@ class WebhookDispatcher:
         self._client: httpx.AsyncClient | None = None
         self._worker: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._stopping = False
         # Item ids claimed by a running delivery task: the guard against sending (and
         # marking) the same row twice when the worker and flush() poll concurrently.
         self._inflight: set[str] = set()
@@ -258,9 +259,18 @@ class WebhookDispatcher:
         """
         worker, self._worker = self._worker, None
         if worker is not None:
-            worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
+            # Let the worker leave at its loop boundary rather than cancelling it in the middle
+            # of a store transaction (a cancelled SQLAlchemy/aiosqlite checkout can leave the
+            # connection unusable for the store's next reader); cancel only if it is stuck.
+            self._stopping = True
+            self._wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(worker), self.stop_grace)
+            except TimeoutError:
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
+            self._stopping = False
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self.stop_grace)
             for task in pending:
@@ -365,7 +375,7 @@ class WebhookDispatcher:
 
     async def _run(self) -> None:
         """The worker: start due deliveries, then sleep until the next one is due."""
-        while True:
+        while not self._stopping:
             self._wake.clear()
             try:
                 await self._pump()
