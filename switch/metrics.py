@@ -17,7 +17,9 @@ Exported families (all prefixed ``softswitch_``):
 * ``sip_<counter>_total`` one counter per key of ``Switch.counters`` (always at least
   ``sip_auth_failures_total``);
 * ``limit_active{key}``, ``limit_waiting{key}`` per limiter (``tenant:x``, ``trunk:y``);
-* ``scheduler_in_flight`` scheduled calls being placed now.
+* ``scheduler_in_flight`` scheduled calls being placed now;
+* ``security_banned``, ``security_tracked_sources``, ``security_tracked_accounts`` and
+  ``security_events_total{event}`` (bans by reason, drops from banned sources, digest failures).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class SwitchCollector(Collector):
         sw = self._switch
         families: list[Metric] = []
         for part in (self._calls, self._rtp, self._webhooks, self._sip, self._limits,
-                     self._scheduler):
+                     self._scheduler, self._security):
             try:
                 families.extend(part(sw))
             except Exception:  # a broken source must not take the whole scrape down
@@ -178,6 +180,27 @@ class SwitchCollector(Collector):
         return [GaugeMetricFamily(f"{_PREFIX}_scheduler_in_flight",
                                   "Scheduled calls being placed now.",
                                   value=float(sw.scheduler.in_flight))]
+
+
+    @staticmethod
+    def _security(sw: Switch) -> list[Metric]:
+        stats = sw.security.stats()
+        gauges = {"banned": "Sources banned now.",
+                  "tracked_sources": "Sources whose request rate is tracked.",
+                  "tracked_accounts": "Accounts whose digest failures are tracked."}
+        families: list[Metric] = [
+            GaugeMetricFamily(f"{_PREFIX}_security_{name}", text, value=float(stats.get(name, 0)))
+            for name, text in gauges.items()
+        ]
+        events = CounterMetricFamily(
+            f"{_PREFIX}_security_events", "Flood and brute-force defence events (bans by "
+            "reason, dropped messages from banned sources, throttled and failed digests).",
+            labels=["event"])
+        for name, value in sorted(stats.items()):
+            if name not in gauges:
+                events.add_metric([name], float(value))
+        families.append(events)
+        return families
 
 
 def make_registry(switch: Switch) -> CollectorRegistry:

@@ -174,3 +174,23 @@ def test_config_section() -> None:
         parse_config({"security": {"flod_limit": 3}})
     with pytest.raises(ConfigError, match=r"security\.flood_limit"):
         parse_config({"security": {"flood_limit": 0}})
+
+
+async def test_bans_and_defence_counters_are_in_metrics() -> None:
+    from prometheus_client import generate_latest
+
+    from switch.app import Switch
+    from switch.config import parse_config
+    from switch.metrics import make_registry
+
+    sw = Switch(parse_config({"http": {"enabled": False}, "store": {"url": "sqlite:///:memory:"}}))
+    registry = make_registry(sw)
+    before = generate_latest(registry).decode()
+    assert "softswitch_security_banned 0.0" in before
+    for _ in range(20):  # a flood from one source gets it banned
+        sw.security.request("127.0.0.2", 1000.0)
+    sw.security.admit("127.0.0.2", 1000.5)  # and what it sends next is dropped
+    text = generate_latest(registry).decode()
+    assert "softswitch_security_banned 1.0" in text
+    assert 'softswitch_security_events_total{event="dropped_banned"} 1.0' in text
+    assert "softswitch_security_tracked_sources" in text
