@@ -282,7 +282,12 @@ async def test_sipp_dtmf_scenario_and_trace_stat(tmp_path: Path) -> None:
         (await uas.wait_async(5)).check()
         await sink.wait_quiet(0.2)
     assert res.successful == 3
-    assert sorted(sink.dtmf_digits(101)) == sorted("12#" * 3)    # calls overlap in time
+    # The three calls replay the same pcap (same SSRC and timestamps) and overlap in time, so
+    # one call's end packets can be read as a new press of another's: every digit of every
+    # call must be there, and nothing else.
+    digits = sink.dtmf_digits(101)
+    assert set(digits) == {"1", "2", "#"}, digits
+    assert all(digits.count(d) >= 3 for d in "12#"), digits
     rows = res.stats()
     assert rows and rows[-1]["SuccessfulCall(C)"] == "3"
 
