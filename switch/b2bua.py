@@ -249,6 +249,10 @@ class B2BUA:
 
     # ---- helpers ---------------------------------------------------------------------------
 
+    def emit(self, name: str, call: Call, leg: Leg | None = None, **data: Any) -> None:
+        """Publish a call event (for the call-control layer's own events)."""
+        self._emit(name, call, leg, **data)
+
     def _emit(self, name: str, call: Call, leg: Leg | None = None, **data: Any) -> None:
         self._seq += 1
         if self._on_event is None:
@@ -750,6 +754,15 @@ class B2BUA:
             group.result.set_result(group.outcome)
         if not self._call_alive(call):
             self._end_call(call)
+
+    def fail_unplaced(self, call: Call, leg_id: str, destination: str, reason: str) -> None:
+        """A leg that never went out (held back by limits): record it failed (503) and end
+        the call, so the CDR shows the attempt."""
+        group = Group(call=call, id=leg_id, destination=destination)
+        group.result = asyncio.get_running_loop().create_future()
+        call.groups.append(group)
+        self._group_fail(group, 503, reason)
+        self._end_call(call)
 
     def _call_alive(self, call: Call) -> bool:
         """True while any leg of the call is up or still ringing."""

@@ -319,7 +319,7 @@ class CallControl:
         session.caller_id, session.caller_name = caller_id, caller_name
         leg_id = str(uuid.uuid4())
         second_id = str(uuid.uuid4()) if second is not None else None
-        self.b2bua._emit("initiated", call, None, caller=call.caller, callee=destination,
+        self.b2bua.emit("initiated", call, None, caller=call.caller, callee=destination,
                          originated=True, leg_id=leg_id)
         self.audit_originate("accepted", tenant=tenant, destination=destination, tags=tags,
                              then=then, flow=flow, caller_id=caller_id, call_id=call.id)
@@ -376,7 +376,8 @@ class CallControl:
             session.waited = session.permit.waited
         except LimitExceeded as exc:
             session.waited = time.monotonic() - started
-            self._fail_unplaced(call, leg_id, dest.text, f"limit {exc.reason}", session.waited)
+            call.tags["failure"] = f"limit {exc.reason}"
+            self.b2bua.fail_unplaced(call, leg_id, dest.text, f"limit {exc.reason}")
             _notify(on_first_outcome, Outcome.FAILED)
             return
         if call.ended:
@@ -409,15 +410,6 @@ class CallControl:
                                ring_timeout=second_ring_timeout,
                                answer_on_bridge=answer_on_bridge)
 
-    def _fail_unplaced(self, call: Call, leg_id: str, destination: str, reason: str,
-                       waited: float) -> None:
-        """A leg that never went out (limits): record it as failed and end the call."""
-        group = Group(call=call, id=leg_id, destination=destination)
-        group.result = asyncio.get_running_loop().create_future()
-        call.groups.append(group)
-        call.tags["failure"] = reason
-        self.b2bua._group_fail(group, 503, reason)
-        self.b2bua._end_call(call)
 
     async def _dial(self, call: Call, caller_leg: Leg | None, dest: Destination,
                     leg_id: str | None, caller_id: str | None, caller_name: str | None,
