@@ -23,7 +23,7 @@ import hmac
 import os
 import re
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 __all__ = [
@@ -31,7 +31,9 @@ __all__ = [
     "AuthResult",
     "DigestClient",
     "DigestServer",
+    "StoredHA1",
     "choose_challenge",
+    "hash_a1",
     "parse_auth_header",
 ]
 
@@ -77,6 +79,30 @@ class AuthResult:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class StoredHA1:
+    """A user's digest secret kept as HA1 values instead of the password.
+
+    ``by_algorithm`` maps a base algorithm (``"MD5"``, ``"SHA-256"``) to lower-case hex
+    ``H(username ":" realm ":" password)`` (RFC 7616 section 3.4.2). Digest needs no more than
+    this to verify a response, so a server may store these instead of the password (they are
+    still password-equivalent for this realm, but do not reveal a password reused elsewhere).
+    The ``-sess`` variants are derived from their base algorithm's value.
+    """
+
+    by_algorithm: Mapping[str, str]
+
+    def get(self, algorithm: str) -> str | None:
+        """The HA1 for ``algorithm`` (or its base, for ``-sess``), or ``None`` if not stored."""
+        return self.by_algorithm.get(algorithm.removesuffix("-sess"))
+
+
+def hash_a1(algorithm: str, username: str, realm: str, password: str) -> str:
+    """``H(username ":" realm ":" password)`` for a base algorithm: what :class:`StoredHA1`
+    holds."""
+    return _hash(algorithm, f"{username}:{realm}:{password}")
+
+
 def _to_bytes(text: str) -> bytes:
     """Encode header text back to the bytes received (see sip.message: surrogateescape)."""
     try:
@@ -97,7 +123,7 @@ def compute_response(
     algorithm: str,
     username: str,
     realm: str,
-    password: str,
+    password: str | None = None,
     method: str,
     uri: str,
     nonce: str,
@@ -105,18 +131,23 @@ def compute_response(
     nc: str | None,
     cnonce: str | None,
     body: bytes = b"",
+    ha1: str | None = None,
 ) -> str:
     """Compute the ``response`` value of a Digest credential.
 
     ``algorithm`` is a canonical name from :data:`SUPPORTED_ALGORITHMS`; ``qop`` is ``None``
     (RFC 2069 form), ``"auth"`` or ``"auth-int"``; ``nc`` and ``cnonce`` are the strings as
     sent on the wire (they are hashed verbatim). Raises ``ValueError`` for an unknown algorithm
-    or qop, or when ``nc``/``cnonce`` are missing where they are needed.
+    or qop, or when ``nc``/``cnonce`` are missing where they are needed. Give either the
+    ``password`` or the stored ``ha1`` (``H(username:realm:password)``, see :func:`hash_a1`).
     """
     if algorithm not in _CANONICAL_ALGORITHM.values():
         raise ValueError(f"unsupported algorithm {algorithm!r}")
     # RFC 7616 section 3.4.2: A1 (and for -sess, the hash of it combined with nonce and cnonce).
-    ha1 = _hash(algorithm, f"{username}:{realm}:{password}")
+    if ha1 is None:
+        if password is None:
+            raise ValueError("either password or ha1 is needed")
+        ha1 = hash_a1(algorithm, username, realm, password)
     if algorithm.endswith("-sess"):
         if cnonce is None:
             raise ValueError("-sess algorithm requires a cnonce")
@@ -514,17 +545,18 @@ class DigestServer:
         self,
         header_value: str,
         method: str,
-        password_for: Callable[[str], str | None],
+        password_for: Callable[[str], str | StoredHA1 | None],
         now: float,
         *,
         body: bytes = b"",
     ) -> AuthResult:
         """Check an Authorization / Proxy-Authorization value (RFC 3261 section 22.4).
 
-        ``password_for(username)`` returns the user's password or ``None`` if there is no such
-        user. ``body`` is the message body, used only for ``qop=auth-int``. The digest is
-        computed over the ``uri`` parameter as the client sent it (not compared with the
-        Request-URI: clients legitimately differ in how they write it).
+        ``password_for(username)`` returns the user's password, or their :class:`StoredHA1`,
+        or ``None`` if there is no such user. ``body`` is the message body, used only for
+        ``qop=auth-int``. The digest is computed over the ``uri`` parameter as the client sent
+        it (not compared with the Request-URI: clients legitimately differ in how they write
+        it).
 
         Never raises for any ``header_value``. Failure reasons include ``"malformed header"``,
         ``"missing parameter: X"``, ``"wrong realm"``, ``"unsupported algorithm"``,
@@ -584,12 +616,14 @@ class DigestServer:
             elif cnonce is None:
                 return _fail("missing parameter: cnonce", username)
 
-        password = password_for(username)
+        secret = password_for(username)
+        stored = secret.get(algorithm) if isinstance(secret, StoredHA1) else None
         expected = compute_response(
             algorithm=algorithm,
             username=username,
             realm=params["realm"],
-            password=password if password is not None else "",
+            password=secret if isinstance(secret, str) else "",
+            ha1=stored,
             method=method,
             uri=params["uri"],
             nonce=nonce,
@@ -598,9 +632,11 @@ class DigestServer:
             cnonce=cnonce,
             body=body,
         )
-        if password is None:
+        if secret is None:
             # Hash anyway (above) so the timing does not reveal which users exist.
             return _fail("unknown user", username)
+        if isinstance(secret, StoredHA1) and stored is None:
+            return _fail("no stored HA1 for the algorithm", username)
         response = params["response"]
         if not (len(response) == len(expected) and _HEX_RE.fullmatch(response)):
             return _fail("bad credentials", username)

@@ -1,15 +1,18 @@
-"""Command line interface: ``softswitch run`` and ``softswitch check-config``."""
+"""Command line interface: ``softswitch run``, ``check-config`` and ``hash-password``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import dataclasses
+import getpass
+import json
 import logging
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from sip.digest import hash_a1
 from switch.config import (
     LOG_LEVELS,
     Config,
@@ -51,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("-c", "--config", metavar="FILE", help=config_help)
     check.set_defaults(handler=_cmd_check_config)
+
+    hashpw = sub.add_parser(
+        "hash-password",
+        help="print an extension's ha1_md5/ha1_sha256 lines (the password stays out of the file)",
+    )
+    hashpw.add_argument("number", help="the extension number (the digest user name)")
+    hashpw.add_argument("-c", "--config", metavar="FILE", help="take [sip] realm from this file")
+    hashpw.add_argument("--realm", help="the digest realm (default: [sip] realm)")
+    hashpw.set_defaults(handler=_cmd_hash_password)
     return parser
 
 
@@ -72,6 +84,28 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     print("OK")
+    return EXIT_OK
+
+
+def _cmd_hash_password(args: argparse.Namespace) -> int:
+    """Read the password from the terminal (or one line of stdin) and print TOML lines."""
+    realm = args.realm
+    if realm is None:
+        try:
+            realm = _load(args.config).sip.realm
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_CONFIG
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.number}@{realm}: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("the password must not be empty", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"# [[extensions]] number = {json.dumps(args.number)}, realm {json.dumps(realm)}")
+    print(f'ha1_md5 = "{hash_a1("MD5", args.number, realm, password)}"')
+    print(f'ha1_sha256 = "{hash_a1("SHA-256", args.number, realm, password)}"')
     return EXIT_OK
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +139,27 @@ def test_run_reports_os_error(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_app.run_switch = failing_run_switch  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "switch.app", fake_app)
     assert main(["run", "-c", str(EXAMPLE)]) == 1
+
+
+def test_hash_password_prints_lines_the_config_accepts(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "switch", "hash-password", "1003", "--realm", "lab.example"],
+        cwd=ROOT, input="s3cret\n", capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    lines = [ln for ln in result.stdout.splitlines() if not ln.startswith("#")]
+    md5 = hashlib.md5(b"1003:lab.example:s3cret").hexdigest()
+    sha = hashlib.sha256(b"1003:lab.example:s3cret").hexdigest()
+    assert lines == [f'ha1_md5 = "{md5}"', f'ha1_sha256 = "{sha}"']
+    config = tmp_path / "ha1.toml"
+    config.write_text('[sip]\nrealm = "lab.example"\n[[extensions]]\nnumber = "1003"\n'
+                      + "\n".join(lines) + "\n")
+    checked = run_cli("check-config", "-c", str(config))
+    assert checked.returncode == 0, checked.stderr
+    # The realm comes from the config file when --realm is not given.
+    from_file = subprocess.run(
+        [sys.executable, "-m", "switch", "hash-password", "1003", "-c", str(config)],
+        cwd=ROOT, input="s3cret\n", capture_output=True, text=True, timeout=60, check=False)
+    assert f'ha1_md5 = "{md5}"' in from_file.stdout, from_file.stderr
+    empty = subprocess.run([sys.executable, "-m", "switch", "hash-password", "1003"], cwd=ROOT,
+                           input="\n", capture_output=True, text=True, timeout=60, check=False)
+    assert empty.returncode == 1 and "must not be empty" in empty.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pytest
@@ -12,8 +13,10 @@ from sip.digest import (
     AuthResult,
     DigestClient,
     DigestServer,
+    StoredHA1,
     choose_challenge,
     compute_response,
+    hash_a1,
     parse_auth_header,
 )
 
@@ -350,6 +353,26 @@ def test_nonce_from_the_future_is_stale() -> None:
     value = answer(challenge_for(srv, "SHA-256", now=T0 + 100))
     result = srv.verify(value, "REGISTER", password_for, T0)
     assert not result.ok and result.stale
+
+
+@pytest.mark.parametrize("algorithm", ["SHA-256", "MD5", "SHA-256-sess", "MD5-sess"])
+def test_stored_ha1_verifies_like_the_password(algorithm: str) -> None:
+    stored = {u: StoredHA1({a: hash_a1(a, u, REALM, p) for a in ("MD5", "SHA-256")})
+              for u, p in USERS.items()}
+    assert stored["1001"].get("MD5") == hashlib.md5(b"1001:softswitch:secret1001").hexdigest()
+    srv = server(algorithms=(algorithm,))
+    good = answer(challenge_for(srv, algorithm))
+    assert srv.verify(good, "REGISTER", stored.get, T0).ok
+    bad = answer(challenge_for(srv, algorithm), password="secret1002")
+    assert srv.verify(bad, "REGISTER", stored.get, T0).reason == "bad credentials"
+
+
+def test_stored_ha1_without_the_algorithm_fails() -> None:
+    srv = server()
+    only_md5 = StoredHA1({"MD5": hash_a1("MD5", "1001", REALM, "secret1001")})
+    value = answer(challenge_for(srv, "SHA-256"))
+    result = srv.verify(value, "REGISTER", lambda _: only_md5, T0)
+    assert not result.ok and result.reason == "no stored HA1 for the algorithm"
 
 
 def test_bad_password() -> None:

@@ -305,6 +305,37 @@ async def test_pjsua_registers_with_sha256_digest(
 
 
 @needs_pjsua
+@pytest.mark.timeout(60)
+async def test_passwords_kept_as_ha1_only(
+        tmp_path: Path, switch_factory: SwitchFactory) -> None:
+    """The config file holds only H(number:realm:password) ([[extensions]] ha1_md5 and
+    ha1_sha256): pjsua2 registers with SHA-256, a wrong password is still refused."""
+    sw = switch_factory(extensions=["1003"], hashed_passwords=True)
+    text = sw.config_path.read_text()
+    assert sw.password("1003") not in text and "ha1_sha256" in text, text
+    res = await pjsua.register(registrar=sw.registrar, user="1003", password=sw.password("1003"),
+                               workdir=tmp_path / "right", log_level=5)
+    assert res["reg_status"] == 200, res
+    assert _digest_algorithms(res["log_file"], "Authorization")[:1] == ["SHA-256"], res
+    wrong = await pjsua.register(registrar=sw.registrar, user="1003", password="not-it",
+                                 workdir=tmp_path / "wrong", log_level=5)
+    assert wrong["reg_status"] in (401, 403), wrong
+    _no_switch_crash(sw)
+
+
+@needs_baresip
+@pytest.mark.timeout(60)
+async def test_baresip_call_with_md5_ha1_only_config(
+        tmp_path: Path, switch_factory: SwitchFactory) -> None:
+    sw = switch_factory(extensions=["1001", "1002"], auth=BARESIP_AUTH, hashed_passwords=True)
+    assert "ha1_md5" in sw.config_path.read_text()
+    caller, callee = await _baresip_call(tmp_path, sw, transport="udp", hangup_by="caller")
+    assert caller.events_of("CALL_ESTABLISHED") and callee.events_of("CALL_ESTABLISHED")
+    _assert_heard(_heard_file(callee), CALLER_HZ, "callee 1002")
+    _no_switch_crash(sw)
+
+
+@needs_pjsua
 @needs_baresip
 @pytest.mark.timeout(60)
 async def test_pjsua_calls_baresip_with_audio(

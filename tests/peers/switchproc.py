@@ -49,6 +49,8 @@ from typing import Any
 
 import pytest
 
+from sip.digest import hash_a1
+
 from .ports import free_port_range, free_udp_tcp_port
 
 __all__ = ["SwitchProcess", "SwitchStartError", "dump_toml", "switch_factory"]
@@ -132,6 +134,7 @@ class SwitchProcess:
         extra: Mapping[str, Mapping[str, Any]] | None = None,
         env: Mapping[str, str] | None = None,
         python: str = sys.executable,
+        hashed_passwords: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.sip_port = free_udp_tcp_port()
@@ -172,6 +175,13 @@ class SwitchProcess:
                 doc[section] = {**doc.get(section, {}), **values}
             else:
                 doc[section] = values
+        if hashed_passwords:
+            # Only H(number:realm:password) goes to the file ([[extensions]] ha1_md5/ha1_sha256).
+            realm = str(doc["sip"].get("realm", "softswitch"))
+            for entry in ext_tables:
+                password, number = str(entry.pop("password")), str(entry["number"])
+                entry["ha1_md5"] = hash_a1("MD5", number, realm, password)
+                entry["ha1_sha256"] = hash_a1("SHA-256", number, realm, password)
         if ext_tables:
             doc["extensions"] = ext_tables
         if trunks:
