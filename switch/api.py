@@ -829,6 +829,21 @@ async def list_cdrs(
     return {"cdrs": cdrs, "limit": limit, "offset": offset}
 
 
+@router.get("/audit", tags=["audit"])
+async def list_audit(
+    sw: SwitchDep,
+    tenant: TenantDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    since: Annotated[float | None, Query(allow_inf_nan=False,
+                                         description="Unix seconds, time >= since")] = None,
+    action: Annotated[str | None, Query(pattern=r"^[a-z_.-]{1,32}$")] = None,
+) -> dict[str, Any]:
+    """The tenant's audit log, newest first: every call placed or refused on request, with who
+    asked (API key name, client IP, front-end, scheduled job) and the answer."""
+    entries = await sw.store.list_audit(tenant=tenant, since=since, action=action, limit=limit)
+    return {"entries": entries, "limit": limit}
+
+
 @router.get("/cdrs/{call_id}", tags=["cdrs"], responses=_NOT_FOUND)
 async def get_cdr(call_id: str, sw: SwitchDep, tenant: TenantDep) -> dict[str, Any]:
     """The CDR of an ended call."""

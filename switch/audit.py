@@ -7,10 +7,9 @@ tenant, client IP for HTTP, front-end name, scheduled job id), what was asked (d
 second stage, caller ID) and the answer (``accepted`` with the call id, or ``denied`` with the
 reason). Route that logger to its own file or to syslog with the standard ``logging`` setup.
 
-The entries are also kept in memory (the last ``keep``) and handed to ``sinks``. They are
-not written to the store: :class:`switch.store.Store` has no public engine or table API for
-other modules to add a table with, so durable audit rows are left to a sink or to the log
-shipper.
+The entries are also kept in memory (the last ``keep``) and handed to ``sinks``; the switch's
+sink journals each entry at once and commits it to the store's ``audit`` table with the next
+batch (``GET /v1/audit`` lists a tenant's entries).
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -37,9 +37,10 @@ class AuditLog:
         self._clock = clock
 
     def record(self, action: str, **fields: Any) -> dict[str, Any]:
-        """Log one entry ``{"time", "action", **fields}`` (None values left out) and return
+        """Log one entry ``{"id", "time", "action", **fields}`` (None values left out); return
         it. Never raises: an audit sink failing must not fail the call it describes."""
-        entry: dict[str, Any] = {"time": round(self._clock(), 6), "action": action}
+        entry: dict[str, Any] = {"id": uuid.uuid4().hex, "time": round(self._clock(), 6),
+                                 "action": action}
         entry.update({k: v for k, v in fields.items() if v is not None})
         try:
             line = json.dumps(entry, sort_keys=True, default=str, ensure_ascii=False)

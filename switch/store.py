@@ -173,6 +173,16 @@ _outbox = sa.Table(
     sa.Column("max_attempts", sa.Integer, nullable=False, server_default="10"),  # v2
 )
 
+_audit = sa.Table(
+    "audit",
+    _metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("time", sa.Double, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("tenant", sa.Text),
+    sa.Column("entry", sa.Text, nullable=False),
+)
+
 # The column sets that the CDR / recording dicts map onto; anything else goes to "extra".
 _CDR_SCALARS: Final = (
     "call_id", "tenant", "caller", "callee", "caller_id_number", "caller_id_name",
@@ -278,6 +288,20 @@ def _v3_indexes(conn: Connection) -> None:
         index.create(conn)
 
 
+def _v4_audit(conn: Connection) -> None:
+    md = sa.MetaData()
+    audit = sa.Table(
+        "audit", md,
+        sa.Column("id", sa.Text, primary_key=True),
+        sa.Column("time", sa.Double, nullable=False),
+        sa.Column("action", sa.Text, nullable=False),
+        sa.Column("tenant", sa.Text),
+        sa.Column("entry", sa.Text, nullable=False),
+    )
+    md.create_all(conn)
+    sa.Index("ix_audit_tenant_time", audit.c.tenant, audit.c.time).create(conn)
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One schema step: ``apply`` runs on a sync connection inside the step's transaction."""
@@ -291,6 +315,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "create cdrs, recordings, schedule and outbox tables", _v1_create_tables),
     Migration(2, "extra JSON columns; outbox.max_attempts", _v2_extra_columns),
     Migration(3, "indexes for listing and polling", _v3_indexes),
+    Migration(4, "audit table", _v4_audit),
 )
 LATEST_SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 
@@ -716,6 +741,47 @@ class Store:
         async with self._tx() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [_recording_from_row(row) for row in rows]
+
+    # ------------------------------------------------------------------ audit log
+
+    async def add_audit(self, entries: Sequence[dict[str, Any]]) -> None:
+        """Store audit entries (:mod:`switch.audit`) in one transaction; each needs an ``id``
+        and a ``time``; ids already stored are skipped (a replayed journal writes twice)."""
+        rows = [{"id": str(e["id"]), "time": float(e["time"]), "action": str(e.get("action")),
+                 "tenant": None if e.get("tenant") is None else str(e["tenant"]),
+                 "entry": _dumps(e)} for e in entries]
+        if not rows:
+            return
+        for attempt in range(3):
+            try:
+                async with self._tx(write=True) as conn:
+                    ids = [row["id"] for row in rows]
+                    existing = set((await conn.execute(
+                        sa.select(_audit.c.id).where(_audit.c.id.in_(ids)))).scalars())
+                    new = {row["id"]: row for row in rows if row["id"] not in existing}
+                    if new:
+                        await conn.execute(sa.insert(_audit), list(new.values()))
+                return
+            except StoreError as exc:
+                if not isinstance(exc.__cause__, IntegrityError) or attempt == 2:
+                    raise
+
+    async def list_audit(self, *, tenant: str | None = None, since: float | None = None,
+                         action: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Audit entries newest first, optionally of one tenant, action, or after ``since``."""
+        if limit <= 0:
+            return []
+        query = sa.select(_audit.c.entry)
+        if tenant is not None:
+            query = query.where(_audit.c.tenant == tenant)
+        if since is not None:
+            query = query.where(_audit.c.time >= since)
+        if action is not None:
+            query = query.where(_audit.c.action == action)
+        query = query.order_by(_audit.c.time.desc(), _audit.c.id.desc()).limit(limit)
+        async with self._tx() as conn:
+            rows = (await conn.execute(query)).scalars().all()
+        return [_loads(row, {}) for row in rows]
 
     # ------------------------------------------------------------------ scheduled calls
 

@@ -163,6 +163,7 @@ def test_audit_log_json_lines(caplog: pytest.LogCaptureFixture) -> None:
             audit.record("originate", result="accepted", destination=str(n), api_key=None)
     lines = [json.loads(r.getMessage()) for r in caplog.records
              if r.name == "switch.audit" and r.levelno == logging.INFO]
+    assert len({line.pop("id") for line in lines}) == 3  # a fresh id per entry
     assert lines[0] == {"time": 1700000000.25, "action": "originate", "result": "accepted",
                         "destination": "0"}
     assert [e["destination"] for e in audit.recent] == ["1", "2"]
@@ -265,6 +266,18 @@ async def test_api_refuses_blocked_destinations_and_audits(env: Env) -> None:
     assert entries[1]["reason"] == "international numbers are not allowed"
     assert entries[-1]["call_id"] == call_id and entries[-1]["destination"] == TR_MOBILE
     env.sw.hangup(call_id)
+    # The same entries are in the store (committed in a batch), newest first, for the tenant.
+    stored: list[dict[str, object]] = []
+    for _ in range(100):  # bounded: the batch commits within a fraction of a second
+        r = await env.client.get("/v1/audit", params={"action": "originate"})
+        assert r.status_code == 200, r.text
+        stored = r.json()["entries"]
+        if len(stored) == len(entries):
+            break
+        await asyncio.sleep(0.05)
+    assert [e["id"] for e in stored] == [e["id"] for e in reversed(entries)]
+    assert stored[0]["api_key"] == "crm" and stored[0]["call_id"] == call_id
+    assert (await env.sw.store.list_audit(tenant="someone-else")) == []
 
 
 async def test_control_verbs_check_the_policy(env: Env) -> None:

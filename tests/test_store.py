@@ -505,3 +505,16 @@ async def test_add_cdrs_batch_inserts_and_replaces(store: Store) -> None:
     assert rows["c"]["outcome"] == "failed"       # the last of duplicates in a batch wins
     with pytest.raises(ValueError):
         await store.add_cdrs([{"outcome": "x"}])
+
+
+async def test_audit_entries_stored_once_and_listed_newest_first(store: Store) -> None:
+    entries = [{"id": f"a{i}", "time": 100.0 + i, "action": "originate",
+                "tenant": "acme" if i % 2 else "other", "destination": str(i)} for i in range(5)]
+    await store.add_audit(entries)
+    await store.add_audit(entries[:2])  # a replayed journal writes some again: no duplicates
+    listed = await store.list_audit()
+    assert [e["id"] for e in listed] == ["a4", "a3", "a2", "a1", "a0"]
+    assert listed[0] == entries[4]
+    assert [e["id"] for e in await store.list_audit(tenant="acme")] == ["a3", "a1"]
+    assert [e["id"] for e in await store.list_audit(since=103.0, limit=1)] == ["a4"]
+    assert await store.list_audit(action="call") == []
