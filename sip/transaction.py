@@ -338,6 +338,9 @@ class TransactionManager:
         self._heap: list[tuple[float, int, Transaction, str]] = []
         self._next_id = 0
         self._live = 0
+        # Told ``(source, now)`` of every message rejected as malformed, so the transaction
+        # user can count garbage toward a flood limit like any other request.
+        self.on_malformed: Callable[[Address, float], object] | None = None
 
     # ---- introspection ---------------------------------------------------------------------
 
@@ -619,20 +622,23 @@ class TransactionManager:
         try:
             msg = parse_message(data)
         except SipParseError as exc:
-            return self._malformed(data, exc, source, transport)
+            return self._malformed(data, exc, source, transport, now)
         except Exception:  # a parser bug must not take the transport down
             self.counters["parser_errors"] += 1
-            return self._malformed(data, SipParseError("Bad Request"), source, transport)
+            return self._malformed(data, SipParseError("Bad Request"), source, transport,
+                                   now)
         if isinstance(msg, Request):
             return self._receive_request(msg, data, source, transport, now)
         return self._receive_response(msg, now)
 
     def _malformed(
-        self, data: bytes, exc: SipParseError, source: Address, transport: str
+        self, data: bytes, exc: SipParseError, source: Address, transport: str, now: float
     ) -> list[Event]:
         """A message parse_message rejected: answer it statelessly with ``exc.status`` when it
         is a request (not ACK) with enough headers for a response (RFC 3261 section 8.2.6),
-        else drop it. Both outcomes are counted."""
+        else drop it. Both outcomes are counted, and reported to :attr:`on_malformed`."""
+        if self.on_malformed is not None:
+            self.on_malformed(source, now)
         try:
             request = salvage_request(data)
         except Exception:  # best effort only
@@ -665,7 +671,7 @@ class TransactionManager:
             if cseq_method != request.method:
                 raise SipParseError("CSeq method does not match the request method")
         except SipParseError as exc:
-            return self._malformed(data, exc, source, transport)
+            return self._malformed(data, exc, source, transport, now)
 
         # RFC 3261 section 18.2.1 and RFC 3581 section 4: received / rport.
         src_ip = source[0]
@@ -689,7 +695,7 @@ class TransactionManager:
                 return self._receive_cancel(request, via, top, cseq_num, source, transport, now)
             key = self._server_key(request, via, top, method, None)
         except SipParseError as exc:
-            return self._malformed(data, exc, source, transport)
+            return self._malformed(data, exc, source, transport, now)
         tx = self._servers.get(key)
         if tx is not None:
             return self._feed(tx, "request", request, now)

@@ -383,3 +383,45 @@ async def test_known_and_unknown_users_get_identical_answers(tmp_path: Path) -> 
         unknown_ms = statistics.median(timings["7777"]) * 1000
         print(f"enumeration: median 403 time known {known_ms:.3f} ms, "
               f"unknown {unknown_ms:.3f} ms")
+
+
+# --------------------------------------------------------------------------- garbage
+
+
+def _bad_options(client: _Client, ip: str, n: int) -> bytes:
+    """A request the parser rejects (Content-Length past the datagram: RFC 3261 section
+    18.3), but with the headers a 400 needs."""
+    return (f"OPTIONS sip:127.0.0.1 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {ip}:{client.port};branch=z9hG4bKg{n}\r\n"
+            f"From: <sip:scan@{ip}>;tag=g{n}\r\nTo: <sip:scan@127.0.0.1>\r\n"
+            f"Call-ID: g{n}@{ip}\r\nCSeq: {n} OPTIONS\r\nContent-Length: 99999\r\n\r\n").encode()
+
+
+async def test_garbage_counts_toward_the_flood_ban(tmp_path: Path) -> None:
+    async with _security_switch(tmp_path) as sw:
+        guard = sw.sw.security
+        limit = sw.config.security.flood_limit
+        attacker = await _client(ATTACKER)
+        port = sw.sip_port
+        # Unparseable bytes and malformed requests only: nothing here is a valid request.
+        for n in range(limit):
+            attacker.send(b"\x00\xff garbage %d \r\n" % n if n % 2 else
+                          _bad_options(attacker, ATTACKER, n), port)
+        answered = await attacker.quiet(0.5)
+        # Each malformed request with enough headers was answered 400; the junk was dropped.
+        assert [_status(a) for a in answered] == [400] * ((limit + 1) // 2), answered[:2]
+        assert not guard.bans.is_banned(ATTACKER, asyncio.get_running_loop().time())
+        # One more malformed message passes the limit: banned, and no longer answered at all.
+        attacker.send(_bad_options(attacker, ATTACKER, limit), port)
+        attacker.send(_register(attacker, ATTACKER, port, "1001", 1), port)  # well-formed
+        assert await attacker.quiet(0.5) == []
+        assert guard.bans.is_banned(ATTACKER, asyncio.get_running_loop().time())
+        assert guard.stats()["bans_flood"] == 1
+        # The 400 for the message that tripped the ban was built, but the stack kept it in.
+        assert sw.sw.stack.counters["malformed_answered"] == (limit + 1) // 2 + 1
+        assert sw.sw.stack.counters["send_filtered"] >= 1
+        # The legitimate phone (SIPp from another address) is unaffected.
+        phone = await _sipp_register(sw, tmp_path, "phone")
+        phone.check()
+        assert attacker.transport is not None
+        attacker.transport.close()
