@@ -1,4 +1,4 @@
-"""The asyncio driver around the sans-IO transaction layer: UDP and TCP transports and timers.
+"""The asyncio driver around the sans-IO transaction layer: UDP, TCP and TLS transports, timers.
 
 The protocol logic lives in :class:`sip.transaction.TransactionManager`; this module only owns
 sockets, feeds received bytes and the loop's clock into it, sends what it queues and keeps one
@@ -7,6 +7,15 @@ sockets, feeds received bytes and the loop's clock into it, sends what it queues
 TCP follows RFC 3261 section 18: messages are framed by Content-Length, a connection is kept
 per remote address and reused in both directions (responses go back on the connection the
 request came in on; requests to a peer reuse an open connection to it).
+
+TLS (RFC 3261 section 26.2.1, RFC 5630) is the same stream transport inside TLS, on its own
+port (``tls_port``; RFC 3261 section 19.1.2 gives 5061 as its default). The TLS layer is an
+:class:`ssl.SSLObject` over memory BIOs driven by the connection's own protocol (not asyncio's
+``ssl=``/``start_tls``), so it behaves the same on asyncio and uvloop and the stack sees every
+step: accepted connections are checked against ``source_filter`` *before* the handshake (a
+banned address costs no crypto), and a handshake that does not finish within
+``tls_handshake_timeout`` seconds is aborted, so a half-open handshake cannot pin a connection.
+TCP and TLS connections are kept in separate tables: one peer address may hold both.
 """
 
 from __future__ import annotations
@@ -14,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import ssl
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 from sip.message import Request, Response
 from sip.parser import StreamFramer
@@ -33,6 +43,12 @@ Address = tuple[str, int]
 # Bound what one peer can make us hold (RFC 3261 leaves limits to implementations).
 MAX_TCP_BUFFER = 256 * 1024
 TCP_IDLE_TIMEOUT = 300.0
+# Seconds a TLS handshake may take, in either direction (a stalled one is aborted).
+TLS_HANDSHAKE_TIMEOUT = 10.0
+# Accepted TLS connections still handshaking at once; more are closed at accept.
+MAX_TLS_HANDSHAKES = 256
+# The connection-oriented transports this stack frames with StreamFramer.
+STREAM_TRANSPORTS: Final = ("tcp", "tls")
 
 
 class EventHandler(Protocol):
@@ -64,13 +80,16 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
 
 class _TcpConnection(asyncio.Protocol):
-    """One TCP connection, framed by :class:`StreamFramer`."""
+    """One TCP connection, framed by :class:`StreamFramer` (also the base of TLS ones)."""
+
+    kind = "tcp"
 
     def __init__(self, stack: SipStack) -> None:
         self._stack = stack
         self._framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
         self.peer: Address | None = None
+        self.aliases: set[Address] = set()  # other keys this connection is filed under
         self.last_activity = 0.0
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -85,24 +104,28 @@ class _TcpConnection(asyncio.Protocol):
             self.ready.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        self._stream_received(data)
+
+    def _stream_received(self, data: bytes) -> None:
+        """Frame and deliver bytes of the SIP stream (decrypted ones, for TLS)."""
         assert self.peer is not None
+        if self.transport is None or self.transport.is_closing():
+            return  # refused at connect (source_filter) or being closed: read nothing
         self.last_activity = asyncio.get_running_loop().time()
         try:
             messages = self._framer.feed(data)
         except Exception:
             # A stream we cannot frame cannot be resynchronised (RFC 3261 section 18.3):
             # close the connection.
-            self._stack.counters["tcp_framing_errors"] += 1
-            if self.transport is not None:
-                self.transport.close()
+            self._stack.counters[f"{self.kind}_framing_errors"] += 1
+            self.close()
             return
         for raw in messages:
-            self._stack._received(raw, self.peer, "tcp")
+            self._stack._received(raw, self.peer, self.kind)
         if self._framer.error is not None:
             # Answer what was framed before the bad bytes, then give up on the stream.
-            self._stack.counters["tcp_framing_errors"] += 1
-            if self.transport is not None:
-                self.transport.close()
+            self._stack.counters[f"{self.kind}_framing_errors"] += 1
+            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stack._tcp_lost(self)
@@ -113,9 +136,185 @@ class _TcpConnection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
+    def close(self) -> None:
+        """Close the connection (its loss removes it from the stack's table)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+class _TlsConnection(_TcpConnection):
+    """One SIP-over-TLS connection: an :class:`ssl.SSLObject` over memory BIOs on a TCP
+    transport (RFC 3261 section 26.2.1), framed like TCP once decrypted.
+
+    Server side (accepted on ``tls_port``): the source is checked with ``source_filter`` and
+    against the cap on concurrent handshakes before any TLS work. Either side: the handshake
+    must finish within the stack's ``tls_handshake_timeout`` or the connection is aborted; the
+    connection is filed in the stack's TLS table only once the handshake is done.
+    """
+
+    kind = "tls"
+
+    def __init__(self, stack: SipStack, context: ssl.SSLContext, *, server_side: bool,
+                 server_hostname: str | None = None) -> None:
+        super().__init__(stack)
+        self._context = context
+        self._server_side = server_side
+        self._server_hostname = server_hostname
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls: ssl.SSLObject | None = None
+        self.handshaken = False
+        self._handshaking = False  # counted in stack._handshaking
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0], peer[1])
+        loop = asyncio.get_running_loop()
+        self.last_activity = loop.time()
+        if self._server_side and not self._stack._admit_tls(self.peer):
+            self.transport.abort()
+            return
+        try:
+            self._tls = self._context.wrap_bio(
+                self._incoming, self._outgoing, server_side=self._server_side,
+                server_hostname=self._server_hostname)
+        except (ssl.SSLError, ValueError) as exc:
+            self._fail("tls_handshake_failures", exc)
+            return
+        self._handshaking = True
+        self._stack._handshaking += 1
+        self._timer = loop.call_later(self._stack.tls_handshake_timeout, self._timed_out)
+        if not self._server_side:
+            self._handshake()  # the client speaks first (ClientHello)
+
+    def data_received(self, data: bytes) -> None:
+        if self._tls is None or self.transport is None or self.transport.is_closing():
+            return
+        self._incoming.write(data)
+        if not self.handshaken and not self._handshake():
+            return
+        self._read_records()
+
+    def _handshake(self) -> bool:
+        assert self._tls is not None
+        try:
+            self._tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return False
+        except (ssl.SSLError, OSError) as exc:  # bad certificate, plaintext, garbage...
+            self._flush()  # our alert, if any
+            self._fail("tls_handshake_failures", exc)
+            return False
+        self._flush()
+        self.handshaken = True
+        self._end_handshake()
+        self.last_activity = asyncio.get_running_loop().time()
+        if self._server_side:
+            self._stack.counters["tls_accepted"] += 1
+        self._stack._tcp_connected(self)
+        if not self.ready.done():
+            self.ready.set_result(None)
+        return True
+
+    def _read_records(self) -> None:
+        assert self._tls is not None
+        chunks: list[bytes] = []
+        closed = False
+        while True:
+            try:
+                chunk = self._tls.read(65536)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:  # close_notify from the peer
+                closed = True
+                break
+            except (ssl.SSLError, OSError) as exc:
+                self._fail("tls_errors", exc)
+                return
+            if not chunk:
+                closed = True
+                break
+            chunks.append(chunk)
+        self._flush()  # TLS 1.3 post-handshake messages, key updates
+        if chunks:
+            self._stream_received(b"".join(chunks))
+        if closed:
+            self.close()
+
+    def send(self, data: bytes) -> None:
+        if (self._tls is None or not self.handshaken or self.transport is None
+                or self.transport.is_closing()):
+            return
+        try:
+            self._tls.write(data)
+        except (ssl.SSLError, OSError) as exc:
+            self._fail("tls_errors", exc)
+            return
+        self._flush()
+
+    def close(self) -> None:
+        """Send close_notify (RFC 8446 section 6.1) when the session is up, then close."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._tls is not None and self.handshaken:
+            try:
+                self._tls.unwrap()
+            except (ssl.SSLError, OSError):
+                pass  # the peer's close_notify has not arrived: ours is queued anyway
+            self._flush()
+        self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end_handshake()
+        if not self.handshaken and not self.ready.done() and self._server_side:
+            self.ready.cancel()  # nobody waits on an accepted connection's handshake
+        super().connection_lost(exc)
+
+    def _flush(self) -> None:
+        pending = self._outgoing.read()
+        if pending and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(pending)
+
+    def _end_handshake(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._handshaking:
+            self._handshaking = False
+            self._stack._handshaking -= 1
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if not self.handshaken:
+            self._fail("tls_handshake_timeouts",
+                       TimeoutError(f"TLS handshake not done in "
+                                    f"{self._stack.tls_handshake_timeout} s"))
+
+    def _fail(self, counter: str, exc: BaseException) -> None:
+        self._stack.counters[counter] += 1
+        peer = self.peer or ("?", 0)
+        log.info("TLS %s %s:%s: %s: %s", "from" if self._server_side else "to", peer[0],
+                 peer[1], counter, exc)
+        self._end_handshake()
+        if not self.ready.done():
+            if self._server_side:
+                self.ready.cancel()
+            else:
+                self.ready.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
 
 class SipStack:
-    """Owns the SIP sockets and drives a :class:`TransactionManager` on the event loop."""
+    """Owns the SIP sockets and drives a :class:`TransactionManager` on the event loop.
+
+    ``tls_server_context`` (a server-side :class:`ssl.SSLContext` holding our certificate) is
+    required when ``"tls"`` is in ``transports``; ``tls_client_context`` verifies peers we
+    connect to over TLS (default: :func:`ssl.create_default_context`, the system CA store).
+    """
 
     def __init__(
         self,
@@ -125,11 +324,25 @@ class SipStack:
         port: int,
         transports: tuple[str, ...] = ("udp", "tcp"),
         manager: TransactionManager | None = None,
+        tls_port: int | None = None,
+        tls_server_context: ssl.SSLContext | None = None,
+        tls_client_context: ssl.SSLContext | None = None,
+        tls_handshake_timeout: float = TLS_HANDSHAKE_TIMEOUT,
     ) -> None:
         self.manager = manager or TransactionManager()
         self.address = address
         self.port = port
         self.transports = transports
+        self.tls_port = tls_port if tls_port is not None else port + 1
+        if "tls" in transports and tls_server_context is None:
+            raise ValueError("transport 'tls' needs tls_server_context")
+        self.tls_server_context = tls_server_context
+        self.tls_client_context = tls_client_context
+        self.tls_handshake_timeout = tls_handshake_timeout
+        self._tls_server: asyncio.base_events.Server | None = None
+        self._tls: dict[Address, _TcpConnection] = {}
+        self._pending_tls: dict[Address, list[bytes]] = {}
+        self._handshaking = 0  # TLS connections between accept/connect and handshake end
         self._handler = handler
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: asyncio.DatagramTransport | None = None
@@ -169,6 +382,16 @@ class SipStack:
             self._tcp_server = await loop.create_server(
                 lambda: _TcpConnection(self), self.address, self.port, reuse_address=True
             )
+        if "tls" in self.transports:
+            # A plain TCP listener: each connection runs its own TLS layer (_TlsConnection),
+            # after its source has passed source_filter (RFC 3261 section 26.2.1).
+            server_context = self.tls_server_context
+            assert server_context is not None
+            self._tls_server = await loop.create_server(
+                lambda: _TlsConnection(self, server_context, server_side=True),
+                self.address, self.tls_port, reuse_address=True,
+            )
+        if self._tcp_server is not None or self._tls_server is not None:
             self._idle_task = loop.create_task(self._close_idle_connections())
 
     async def close(self) -> None:
@@ -181,36 +404,51 @@ class SipStack:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
-        for conn in list(self._tcp.values()):
-            if conn.transport is not None:
-                conn.transport.close()
+        for conn in [*self._tcp.values(), *self._tls.values()]:
+            conn.close()
         self._tcp.clear()
-        if self._tcp_server is not None:
-            self._tcp_server.close()
-            await self._tcp_server.wait_closed()
-            self._tcp_server = None
+        self._tls.clear()
+        for server in (self._tcp_server, self._tls_server):
+            if server is not None:
+                server.close()
+                await server.wait_closed()
+        self._tcp_server = None
+        self._tls_server = None
 
     @property
     def running(self) -> bool:
         """True while the configured listeners are bound."""
         udp_ok = "udp" not in self.transports or self._udp is not None
         tcp_ok = "tcp" not in self.transports or self._tcp_server is not None
-        return udp_ok and tcp_ok
+        tls_ok = "tls" not in self.transports or self._tls_server is not None
+        return udp_ok and tcp_ok and tls_ok
 
     # ---- addressing helpers for the transaction user --------------------------------------
 
     def via(self, transport: str, branch: str | None = None) -> str:
-        """A top Via for a request we send (rport asked for, RFC 3581)."""
+        """A top Via for a request we send (rport asked for, RFC 3581).
+
+        Over TLS the sent-by port is ``tls_port`` (RFC 3261 section 18.2.2: responses over a
+        new connection go to the Via port, which must be the TLS listener).
+        """
         return (
-            f"SIP/2.0/{transport.upper()} {self._host()}:{self.port}"
+            f"SIP/2.0/{transport.upper()} {self._host()}:{self.port_for(transport)}"
             f";branch={branch or new_branch()};rport"
         )
 
     def contact_uri(self, transport: str, user: str | None = None) -> str:
-        """Our Contact URI for a dialog or registration over ``transport``."""
+        """Our Contact URI for a dialog or registration over ``transport``.
+
+        TLS gives ``sip:...:tls_port;transport=tls`` (RFC 5630 section 3.1.3: a sip: URI with
+        transport=tls, not a sips: URI, since we do not promise TLS on every hop).
+        """
         userpart = f"{user}@" if user else ""
-        suffix = ";transport=tcp" if transport == "tcp" else ""
-        return f"sip:{userpart}{self._host()}:{self.port}{suffix}"
+        suffix = f";transport={transport}" if transport in STREAM_TRANSPORTS else ""
+        return f"sip:{userpart}{self._host()}:{self.port_for(transport)}{suffix}"
+
+    def port_for(self, transport: str) -> int:
+        """The local listening port of ``transport`` (``tls_port`` for TLS, else ``port``)."""
+        return self.tls_port if transport.lower() == "tls" else self.port
 
     def _host(self) -> str:
         return f"[{self.address}]" if ":" in self.address else self.address
@@ -254,68 +492,139 @@ class SipStack:
         if self.source_filter is not None and not self.source_filter(out.dest[0], self._now()):
             self.counters["send_filtered"] += 1
             return
-        if out.transport == "tcp":
-            self._send_tcp(out.data, out.dest)
+        if out.transport in STREAM_TRANSPORTS:
+            self._send_stream(out.data, out.dest, out.transport)
         elif self._udp is not None:
             self._udp.sendto(out.data, out.dest)
         else:
             self.counters["send_no_transport"] += 1
 
-    def _send_tcp(self, data: bytes, dest: Address) -> None:
-        conn = self._tcp.get(dest)
+    def _tables(
+        self, kind: str
+    ) -> tuple[dict[Address, _TcpConnection], dict[Address, list[bytes]]]:
+        if kind == "tls":
+            return self._tls, self._pending_tls
+        return self._tcp, self._pending_tcp
+
+    def _send_stream(self, data: bytes, dest: Address, kind: str) -> None:
+        # RFC 3261 section 18.1.1 / 18.2.2: reuse an open connection to dest, else open one.
+        conns, pendings = self._tables(kind)
+        conn = conns.get(dest)
         if conn is not None:
             conn.send(data)
             return
-        pending = self._pending_tcp.get(dest)
+        pending = pendings.get(dest)
         if pending is not None:
             pending.append(data)
             return
-        self._pending_tcp[dest] = [data]
+        if kind == "tls" and "tls" not in self.transports:
+            self.counters["send_no_transport"] += 1
+            return
+        pendings[dest] = [data]
         assert self._loop is not None
-        self._loop.create_task(self._connect(dest))
+        self._loop.create_task(self._connect(dest, kind))
 
-    async def _connect(self, dest: Address) -> None:
+    def _send_tcp(self, data: bytes, dest: Address) -> None:
+        self._send_stream(data, dest, "tcp")
+
+    def _client_context(self) -> ssl.SSLContext:
+        if self.tls_client_context is None:
+            # Default: verify the peer's certificate and name against the system CA store.
+            self.tls_client_context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        return self.tls_client_context
+
+    async def _connect(self, dest: Address, kind: str = "tcp") -> None:
         assert self._loop is not None
+        _, pendings = self._tables(kind)
         try:
-            await asyncio.wait_for(
-                self._loop.create_connection(lambda: _TcpConnection(self), dest[0], dest[1]),
-                timeout=10.0,
-            )
-        except (TimeoutError, OSError) as exc:
-            log.info("TCP connect to %s:%s failed: %s", dest[0], dest[1], exc)
-            self.counters["tcp_connect_failures"] += 1
-            self._pending_tcp.pop(dest, None)
+            factory: Callable[[], _TcpConnection]
+            if kind == "tls":
+                # RFC 3261 section 26.3.1: check the server's certificate against the host
+                # we meant to reach (the trunk's configured name or address).
+                context = self._client_context()
+
+                def factory() -> _TcpConnection:
+                    return _TlsConnection(self, context, server_side=False,
+                                          server_hostname=dest[0])
+            else:
+
+                def factory() -> _TcpConnection:
+                    return _TcpConnection(self)
+
+            _, protocol = await asyncio.wait_for(
+                self._loop.create_connection(factory, dest[0], dest[1]), timeout=10.0)
+            # TCP: already set. TLS: set when the handshake is done; the connection's own
+            # timer aborts it after tls_handshake_timeout, failing this future.
+            await protocol.ready
+        except (TimeoutError, OSError) as exc:  # ssl.SSLError is an OSError
+            log.info("%s connect to %s:%s failed: %s", kind.upper(), dest[0], dest[1], exc)
+            self.counters[f"{kind}_connect_failures"] += 1
+            pendings.pop(dest, None)
             # The transaction times out (Timer B/F) and the TU sees a 408.
             return
-        conn = self._tcp.get(dest)
-        for data in self._pending_tcp.pop(dest, []):
-            if conn is not None:
-                conn.send(data)
+        conn = protocol
+        conns, _ = self._tables(kind)
+        if conn.peer is not None and conn.peer != dest and conns.get(conn.peer) is conn:
+            # dest was a host name (or another spelling of the address): file the connection
+            # under it too, so the next request to dest reuses it.
+            conns[dest] = conn
+            conn.aliases.add(dest)
+        for data in pendings.pop(dest, []):
+            conn.send(data)
+
+    def _admit_tls(self, peer: Address) -> bool:
+        """May a connection just accepted on the TLS port start its handshake?"""
+        if self.source_filter is not None and not self.source_filter(peer[0], self._now()):
+            self.counters["tls_filtered"] += 1
+            return False
+        if self._handshaking >= MAX_TLS_HANDSHAKES:
+            self.counters["tls_handshake_overflow"] += 1
+            return False
+        return True
 
     def _tcp_connected(self, conn: _TcpConnection) -> None:
         assert conn.peer is not None
         if self.source_filter is not None and not self.source_filter(conn.peer[0], self._now()):
-            self.counters["tcp_filtered"] += 1
-            if conn.transport is not None:
-                conn.transport.close()
+            self.counters[f"{conn.kind}_filtered"] += 1
+            conn.close()
             return
-        self._tcp[conn.peer] = conn
+        conns, _ = self._tables(conn.kind)
+        conns[conn.peer] = conn
 
     def _tcp_lost(self, conn: _TcpConnection) -> None:
-        if conn.peer is not None and self._tcp.get(conn.peer) is conn:
-            del self._tcp[conn.peer]
+        conns, _ = self._tables(conn.kind)
+        for key in (conn.peer, *conn.aliases):
+            if key is not None and conns.get(key) is conn:
+                del conns[key]
 
-    def has_connection(self, peer: Address) -> bool:
-        """True when a TCP connection to ``peer`` is open (a registered flow)."""
-        return peer in self._tcp
+    def has_connection(self, peer: Address, transport: str = "tcp") -> bool:
+        """True when a ``transport`` ("tcp" or "tls") connection to ``peer`` is open
+        (a registered flow)."""
+        if transport.lower() not in STREAM_TRANSPORTS:
+            return False
+        conns, _ = self._tables(transport.lower())
+        return peer in conns
+
+    def connections(self, transport: str = "tcp") -> list[Address]:
+        """Peer addresses of the open ``transport`` ("tcp" or "tls") connections."""
+        conns, _ = self._tables(transport.lower())
+        return [peer for peer, conn in conns.items() if peer == conn.peer]
 
     async def _close_idle_connections(self) -> None:
         while True:
             await asyncio.sleep(30.0)
-            now = self._now()
-            for conn in list(self._tcp.values()):
-                if now - conn.last_activity > TCP_IDLE_TIMEOUT and conn.transport is not None:
-                    conn.transport.close()
+            self.close_idle(self._now())
+
+    def close_idle(self, now: float, idle_timeout: float = TCP_IDLE_TIMEOUT) -> int:
+        """Close TCP and TLS connections silent for more than ``idle_timeout`` seconds;
+        returns how many were closed (the stack calls this every 30 s)."""
+        closed = 0
+        for conn in {id(c): c for c in [*self._tcp.values(), *self._tls.values()]}.values():
+            if now - conn.last_activity > idle_timeout and conn.transport is not None:
+                if not conn.transport.is_closing():
+                    conn.close()
+                    closed += 1
+        return closed
 
     # ---- receiving and timers -------------------------------------------------------------
 

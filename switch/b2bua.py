@@ -340,11 +340,19 @@ class B2BUA:
         return self._dialogs.get((request.call_id, to_tag, from_tag))
 
     def resolve(self, uri_text: str, transport_hint: str | None = None) -> tuple[Address, str]:
-        """Next-hop address and transport for a URI (RFC 3263 reduced to numeric hosts)."""
+        """Next-hop address and transport for a URI (RFC 3263 reduced to numeric hosts).
+
+        A ``sips:`` URI is reached over TLS whatever its transport parameter says (RFC 5630
+        section 3.1.3); TLS without a port means 5061 (RFC 3263 section 4.2).
+        """
         uri = parse_uri(uri_text)
         host, port = uri.host_port()
-        transport = uri.params.get("transport") or transport_hint or "udp"
-        return (host, port), str(transport).lower()
+        transport = str(uri.params.get("transport") or transport_hint or "udp").lower()
+        if uri.scheme == "sips":
+            transport = "tls"
+        if transport == "tls" and uri.port is None:
+            port = 5061
+        return (host, port), transport
 
     # ---- incoming INVITE (new call) --------------------------------------------------------
 
@@ -388,10 +396,10 @@ class B2BUA:
         return call
 
     def _fix_leg_dest(self, leg: Leg) -> None:
-        """Requests in leg A's dialog go to its remote target, or back on its TCP flow."""
+        """Requests in leg A's dialog go to its remote target, or back on its TCP/TLS flow."""
         if leg.dialog is None:
             return
-        if leg.transport == "tcp" and self.stack.has_connection(leg.dest):
+        if leg.transport in ("tcp", "tls") and self.stack.has_connection(leg.dest, leg.transport):
             return
         try:
             leg.dest, leg.transport = self.resolve(leg.dialog.next_hop(), leg.transport)
@@ -1036,8 +1044,8 @@ class B2BUA:
 
     def _dialog_dest(self, leg: Leg) -> tuple[Address, str]:
         assert leg.dialog is not None
-        if leg.transport == "tcp" and self.stack.has_connection(leg.dest):
-            return leg.dest, "tcp"
+        if leg.transport in ("tcp", "tls") and self.stack.has_connection(leg.dest, leg.transport):
+            return leg.dest, leg.transport
         try:
             return self.resolve(leg.dialog.next_hop(), leg.transport)
         except SipParseError:

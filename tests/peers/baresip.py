@@ -94,14 +94,18 @@ class BaresipInstance:
         display_name: str | None = None,
         extra_config: Sequence[str] = (),
         extra_account_params: str = "",
+        tls_cafile: str | Path | None = None,
     ) -> None:
         """Prepare (do not start) an instance.
 
         ``registrar``: "host:port" to REGISTER to (None: no registration; the phone is then
         reachable directly at ``sip:<user>@127.0.0.1:<sip_port>``). ``transport``: "udp" |
-        "tcp" (used for REGISTER and for dialling bare numbers). ``audio_source``: WAV path;
-        ``tone_hz``: use ausine instead; neither: silence (aufile of a generated file is not
-        made for you). ``answermode``: "auto" | "manual" (then use :meth:`accept`).
+        "tcp" | "tls" (used for REGISTER and for dialling bare numbers; for "tls" the
+        ``registrar`` is the server's TLS "host:port" and ``tls_cafile`` the PEM CA baresip is
+        given as ``sip_cafile``; baresip listens for TLS on ``sip_port + 1``).
+        ``audio_source``: WAV path; ``tone_hz``: use ausine instead; neither: silence (aufile
+        of a generated file is not made for you). ``answermode``: "auto" | "manual" (then use
+        :meth:`accept`).
         """
         self.workdir = Path(workdir)
         self.user = user
@@ -109,8 +113,9 @@ class BaresipInstance:
         self.auth_user = auth_user
         self.registrar = registrar
         self.transport = transport.lower()
-        if self.transport not in ("udp", "tcp"):
-            raise ValueError("transport must be 'udp' or 'tcp'")
+        if self.transport not in ("udp", "tcp", "tls"):
+            raise ValueError("transport must be 'udp', 'tcp' or 'tls'")
+        self.tls_cafile = Path(tls_cafile) if tls_cafile is not None else None
         # sip_listen P also binds TCP P and TLS P+1: reserve two ports.
         self.sip_port = sip_port if sip_port is not None else free_port_range(2, even=False)[0]
         self.ctrl_port = ctrl_port if ctrl_port is not None else free_udp_tcp_port()
@@ -148,6 +153,8 @@ class BaresipInstance:
     @property
     def contact_uri(self) -> str:
         """Where this phone can be reached directly (no registrar involved)."""
+        if self.transport == "tls":
+            return f"sip:{self.user}@127.0.0.1:{self.sip_port + 1};transport=tls"
         suffix = ";transport=tcp" if self.transport == "tcp" else ""
         return f"sip:{self.user}@127.0.0.1:{self.sip_port}{suffix}"
 
@@ -171,6 +178,8 @@ class BaresipInstance:
             lines += ["audio_source aubridge,nil"]
         if self.record:
             lines += ["module sndfile.so", f"snd_path {self.rec_dir}"]
+        if self.tls_cafile is not None:
+            lines += [f"sip_cafile {self.tls_cafile}"]
         lines += [
             "module_app account.so",
             "module_app menu.so",
@@ -186,8 +195,8 @@ class BaresipInstance:
         display = f'"{self.display_name}" ' if self.display_name else ""
         if self.registrar:
             uri = f"sip:{self.user}@{self.registrar}"
-            if self.transport == "tcp":
-                uri += ";transport=tcp"
+            if self.transport in ("tcp", "tls"):
+                uri += f";transport={self.transport}"
             regint = self.regint
         else:
             uri = f"sip:{self.user}@127.0.0.1:{self.sip_port}"
