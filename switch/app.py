@@ -44,9 +44,10 @@ from switch.audit import AuditLog
 from switch.b2bua import ALLOW, B2BUA, Call, CallEvent, ForkTarget, Leg
 from switch.calendar import ServiceHours
 from switch.clock import Clock, SystemClock
-from switch.config import Config, ConfigError, Trunk
+from switch.config import Config, ConfigError, StoreConfig, Trunk
 from switch.control import CallControl, CallRef, DestinationError
 from switch.flows import Flow
+from switch.journal import Journal
 from switch.limits import LimitExceeded, Limits, Permit
 from switch.policy import PolicyBook, acquire_now
 from switch.registrar import LocationService, Registrar
@@ -170,12 +171,19 @@ class Switch(CallControl):
             algorithms=tuple(config.auth.algorithms),
         )
         self.router = Router(config)
-        self._passwords = {e.number: e.password for e in config.extensions}
+        self._passwords = {e.number: e.digest_secret() for e in config.extensions}
         self._names = {e.number: e.name for e in config.extensions}
         self.location = LocationService()
+        tls_server = tls_client = None
+        if "tls" in config.sip.transports:
+            # Read the certificate, key and CAs now (ConfigError naming the [sip] key).
+            from switch.tls import client_context, server_context
+
+            tls_server, tls_client = server_context(config.sip), client_context(config.sip)
         self.stack = SipStack(
             self._on_sip_event, address=config.sip.address, port=config.sip.port,
-            transports=tuple(config.sip.transports),
+            transports=tuple(config.sip.transports), tls_port=config.sip.tls_port,
+            tls_server_context=tls_server, tls_client_context=tls_client,
         )
         self.media = MediaEngine(
             config.rtp.address, config.rtp.port_min, config.rtp.port_max,
@@ -215,6 +223,10 @@ class Switch(CallControl):
         self._request_ip = ""  # source address of the request being handled, for the limits
         if config.security.enabled:
             self.stack.source_filter = self.security.admit
+            # Garbage counts toward the flood limit like a request: a scanner or fuzzer that
+            # sends only unparseable bytes is banned as fast as one that sends INVITEs.
+            self.stack.manager.on_malformed = lambda source, now: self.security.request(
+                source[0], now)
         # ---- call control: limits, flows, sessions, store, webhooks, scheduler -----------
         self.limits = Limits(config.limits, clock=self.clock)
         self.policy = PolicyBook(config.policies, config.calls.default_country)
@@ -250,8 +262,12 @@ class Switch(CallControl):
         self._store_ok = False
         self._background: set[asyncio.Task[Any]] = set()
         self._watch_task: asyncio.Task[None] | None = None
-        self._cdr_queue: list[dict[str, Any]] = []
+        self._cdr_queue: list[tuple[int, dict[str, Any]]] = []
         self._cdr_writer: asyncio.Task[Any] | None = None
+        self._audit_queue: list[tuple[int, dict[str, Any]]] = []
+        self._audit_writer: asyncio.Task[Any] | None = None
+        self.journal = Journal(_journal_path(config.store))
+        self.audit.sinks.append(self._store_audit)
         self.trunk_registrations = [TrunkRegistration(self, t) for t in config.trunks if t.register]
         self._http: Any = None
         self.http_installers: list[Callable[[Any, Switch], None]] = []
@@ -283,6 +299,11 @@ class Switch(CallControl):
         except StoreError as exc:
             raise ConfigError("store.url", str(exc)) from None
         self._store_ok = True
+        try:
+            left = self.journal.recover()
+        except OSError as exc:
+            raise ConfigError("store.journal", f"cannot open {self.journal.path}: {exc}") from None
+        await self._replay_journal(left)
         await self.media.start()
         await self.stack.start()
         await self.webhooks.start()
@@ -381,6 +402,7 @@ class Switch(CallControl):
             await asyncio.wait(pending, timeout=5.0)
         await self.webhooks.stop()
         await self.store.close()
+        self.journal.close()
         self._store_ok = False
 
     def http_app(self) -> Any:
@@ -416,7 +438,7 @@ class Switch(CallControl):
 
     def _store_cdr(self, cdr: dict[str, Any]) -> None:
         self.outcomes[str(cdr.get("outcome"))] += 1
-        self._cdr_queue.append(cdr)
+        self._cdr_queue.append((self.journal.append("cdr", cdr), cdr))
         if self._cdr_writer is None or self._cdr_writer.done():
             self._cdr_writer = self._spawn_bg(self._write_cdrs())
 
@@ -425,38 +447,93 @@ class Switch(CallControl):
         committed goes into the next one, so at a high call rate one commit (one disk sync)
         serves many calls instead of one each (measured: one commit per call cost about 3 ms
         of CPU per call at 150 calls/s). A CDR waits at most about ``_CDR_LINGER`` plus one
-        commit before it is in the store; ``recent_cdrs`` and ``wait_call`` have it at once."""
+        commit before it is in the store; ``recent_cdrs`` and ``wait_call`` have it at once,
+        and the journal has it at once (so ``kill -9`` meanwhile does not lose it)."""
         while self._cdr_queue:
             # Let the calls ending meanwhile join this batch (bounded delay for the row).
             await asyncio.sleep(_CDR_LINGER)
             batch, self._cdr_queue = self._cdr_queue[:500], self._cdr_queue[500:]
             try:
-                for cdr in batch:
-                    for rec in cdr.get("recordings", []):
-                        await self.store.add_recording({
-                            "id": rec["id"], "call_id": cdr["call_id"], "path": rec.get("path"),
-                            "started_at": rec.get("start"), "duration": rec.get("duration"),
-                            "channels": rec.get("channels"),
-                            "sample_rate": rec.get("sample_rate"),
-                            "legs": [leg["leg_id"] for leg in cdr.get("legs", [])],
-                        })
-                    # The outbox row first: it carries the whole CDR, so a crash between the
-                    # commits can never leave a stored CDR whose webhook is lost
-                    # (tests/test_kill9.py).
-                    if "cdr" in self._webhook_events or "*" in self._webhook_events:
-                        await self.webhooks.emit("cdr", cdr, event_id=f"cdr-{cdr['call_id']}")
-                await self.store.add_cdrs(batch)
+                await self._store_cdr_batch([cdr for _, cdr in batch])
             except Exception:
+                # Left open in the journal: the next start stores them.
                 log.exception("storing %d CDRs failed (first call %s)", len(batch),
-                              batch[0].get("call_id"))
+                              batch[0][1].get("call_id"))
+            else:
+                self.journal.done(token for token, _ in batch)
+
+    async def _store_cdr_batch(self, batch: list[dict[str, Any]]) -> None:
+        for cdr in batch:
+            for rec in cdr.get("recordings", []):
+                await self.store.add_recording({
+                    "id": rec["id"], "call_id": cdr["call_id"], "path": rec.get("path"),
+                    "started_at": rec.get("start"), "duration": rec.get("duration"),
+                    "channels": rec.get("channels"),
+                    "sample_rate": rec.get("sample_rate"),
+                    "legs": [leg["leg_id"] for leg in cdr.get("legs", [])],
+                })
+            # The outbox row first: it carries the whole CDR, so a crash between the
+            # commits can never leave a stored CDR whose webhook is lost
+            # (tests/test_kill9.py).
+            if "cdr" in self._webhook_events or "*" in self._webhook_events:
+                await self.webhooks.emit("cdr", cdr, event_id=f"cdr-{cdr['call_id']}")
+        await self.store.add_cdrs(batch)
+
+    def _store_audit(self, entry: dict[str, Any]) -> None:
+        """The audit log's sink: journal the entry now, commit it with the next batch."""
+        self._audit_queue.append((self.journal.append("audit", entry), entry))
+        if self._audit_writer is None or self._audit_writer.done():
+            self._audit_writer = self._spawn_bg(self._write_audit())
+
+    async def _write_audit(self) -> None:
+        while self._audit_queue:
+            await asyncio.sleep(_CDR_LINGER)
+            batch, self._audit_queue = self._audit_queue[:500], self._audit_queue[500:]
+            try:
+                await self.store.add_audit([entry for _, entry in batch])
+            except Exception:
+                log.exception("storing %d audit entries failed", len(batch))
+            else:
+                self.journal.done(token for token, _ in batch)
 
     def _event_to_webhooks(self, event: CallEvent) -> None:
         if event.name not in self._webhook_events and "*" not in self._webhook_events:
             return
         payload = {"seq": event.seq, "time": event.time, "call_id": event.call_id,
                    "leg_id": event.leg_id, **event.data}
-        self._spawn_bg(self.webhooks.emit(event.name, payload,
-                                          event_id=f"{event.call_id}-{event.seq}"))
+        record = {"event": event.name, "payload": payload,
+                  "event_id": f"{event.call_id}-{event.seq}"}
+        self._spawn_bg(self._emit_journaled(self.journal.append("event", record), record))
+
+    async def _emit_journaled(self, token: int, record: dict[str, Any]) -> None:
+        try:
+            await self.webhooks.emit(record["event"], record["payload"],
+                                     event_id=record["event_id"])
+        except Exception:
+            log.exception("queueing webhook event %s failed", record["event_id"])
+        else:
+            self.journal.done((token,))
+
+    async def _replay_journal(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        """Store what a killed run had journaled but not committed (idempotent: the store
+        upserts CDRs by call id, the outbox skips event ids it has, audit rows carry ids)."""
+        if not entries:
+            self.journal.forget_recovered()
+            return
+        cdrs = [r for kind, r in entries if kind == "cdr" and isinstance(r.get("call_id"), str)]
+        audit = [r for kind, r in entries if kind == "audit"]
+        for kind, record in entries:
+            if kind == "event":
+                await self.webhooks.emit(str(record["event"]), record["payload"],
+                                         event_id=str(record["event_id"]))
+        for i in range(0, len(cdrs), 500):
+            await self._store_cdr_batch(cdrs[i:i + 500])
+        if audit:
+            await self.store.add_audit(audit)
+        log.info("journal: stored %d CDR(s), %d audit entries and %d webhook event(s) left "
+                 "by the previous run", len(cdrs), len(audit),
+                 sum(1 for kind, _ in entries if kind == "event"))
+        self.journal.forget_recovered()
 
     async def _place_scheduled(self, job_id: str, request: dict[str, Any]) -> str:
         """The scheduler's hook: originate a stored request and wait for the first leg's
@@ -947,8 +1024,8 @@ class Switch(CallControl):
         if isinstance(target, TrunkTarget):
             trunk = target.trunk
             uri = f"sip:{target.number}@{trunk.host}:{trunk.port}"
-            if trunk.transport == "tcp":
-                uri += ";transport=tcp"
+            if trunk.transport in ("tcp", "tls"):
+                uri += f";transport={trunk.transport}"
             return [ForkTarget(uri, uri, (trunk.host, trunk.port), trunk.transport, trunk)]
         forks: list[ForkTarget] = []
         to_uri = f"sip:{target.number}@{host}"
@@ -957,11 +1034,24 @@ class Switch(CallControl):
                 dest, transport = self.b2bua.resolve(binding.contact, binding.transport)
             except SipParseError:
                 continue
-            if binding.transport == "tcp" and self.stack.has_connection(binding.source):
-                # Reuse the flow the phone registered on (it may not accept new connections).
-                dest, transport = binding.source, "tcp"
+            if binding.transport in ("tcp", "tls") and self.stack.has_connection(
+                    binding.source, binding.transport):
+                # Reuse the flow the phone registered on (it may not accept new connections;
+                # over TLS it has no certificate to accept them with), RFC 5626 section 4.
+                dest, transport = binding.source, binding.transport
             forks.append(ForkTarget(binding.contact, to_uri, dest, transport))
         return forks
+
+
+def _journal_path(store: StoreConfig) -> Path | None:
+    """``[store] journal``: "" means beside a SQLite database file (none for a server)."""
+    if store.journal == "off":
+        return None
+    if store.journal:
+        return Path(store.journal)
+    if store.url.startswith("sqlite:///") and ":memory:" not in store.url:
+        return Path(store.url[len("sqlite:///"):] + ".journal")
+    return None
 
 
 def _store_url(url: str) -> str:

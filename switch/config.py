@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import phonenumbers
 
+from sip.digest import StoredHA1
 from switch.security import SecurityConfig
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ __all__ = [
     "parse_config",
 ]
 
-TRANSPORTS = ("udp", "tcp")
+TRANSPORTS = ("udp", "tcp", "tls")
 ALGORITHMS = ("SHA-256", "MD5")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -89,6 +90,13 @@ class SipConfig:
     realm: str = "softswitch"
     user_agent: str = "softswitch/0.1"
     max_forwards: int = 70
+    # SIP over TLS (RFC 3261 section 26.2.1), used when "tls" is in transports. The loader
+    # sets tls_port to port + 1 when it is not given (5061 for the default port 5060).
+    tls_port: int = 5061
+    tls_certificate: str = ""  # PEM certificate chain presented on tls_port
+    tls_private_key: str = ""  # PEM private key; empty: in the tls_certificate file
+    tls_ca_file: str = ""  # PEM CAs to verify TLS trunks; empty: the system store
+    tls_verify_peer: bool = True  # false: do not verify TLS trunks (lab use only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +164,9 @@ class StoreConfig:
     """``[store]``: persistent storage location."""
 
     url: str = "sqlite:///softswitch.db"  # relative to the working directory
+    # Write-ahead file for CDRs, webhook events and audit entries not yet committed (they are
+    # batched): "" = beside a SQLite database file (none for other stores), "off", or a path.
+    journal: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +181,17 @@ class Extension:
     """``[[extensions]]``: a local user that may REGISTER and place/receive calls."""
 
     number: str  # digits only
-    password: str = field(repr=False)  # digest password, non-empty
+    password: str = field(default="", repr=False)  # digest password; "" when HA1s are given
     name: str = ""  # optional display name
     email: str = ""  # optional, reported to front-ends (e.g. Quickom's member email)
     tenant: str = "default"  # the account the extension belongs to
+    # H(number:realm:password) per base digest algorithm ("MD5", "SHA-256"), lower-case hex:
+    # the password itself need not be in the file (RFC 7616 section 3.4.2).
+    ha1: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+
+    def digest_secret(self) -> str | StoredHA1:
+        """What :meth:`sip.digest.DigestServer.verify` checks this extension's answers with."""
+        return self.password if self.password else StoredHA1(self.ha1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,18 +488,41 @@ def _host(table: _Table, key: str) -> str:
 
 def _parse_sip(data: object) -> SipConfig:
     t = _Table(
-        data, "sip", ("address", "port", "transports", "realm", "user_agent", "max_forwards")
+        data, "sip", ("address", "port", "transports", "realm", "user_agent", "max_forwards",
+                      "tls_port", "tls_certificate", "tls_private_key", "tls_ca_file",
+                      "tls_verify_peer"),
     )
     d = SipConfig()
-    return SipConfig(
+    port = t.port("port", d.port)
+    transports = t.choices("transports", d.transports, TRANSPORTS)
+    tls = "tls" in transports
+    if not t.has("tls_port") and tls and port == 65535:
+        raise ConfigError(t.key("tls_port"), "is required when sip.port is 65535")
+    tls_port = t.port("tls_port", min(port + 1, 65535))
+    if tls and tls_port == port and "tcp" in transports:
+        # Both are TCP listeners on sip.address (RFC 3261 section 18: 5060 / 5061).
+        raise ConfigError(t.key("tls_port"), "must differ from sip.port (TCP listens there)")
+    sip = SipConfig(
         address=_address(t, "address", d.address, allow_unspecified=False),
-        port=t.port("port", d.port),
-        transports=t.choices("transports", d.transports, TRANSPORTS),
+        port=port,
+        transports=transports,
         realm=t.string("realm", d.realm, nonempty=True),
         user_agent=t.string("user_agent", d.user_agent, nonempty=True),
         # RFC 3261 section 20.22: Max-Forwards is 0..255; we need at least 1 to forward.
         max_forwards=t.integer("max_forwards", d.max_forwards, 1, 255),
+        tls_port=tls_port,
+        tls_certificate=t.string("tls_certificate", d.tls_certificate),
+        tls_private_key=t.string("tls_private_key", d.tls_private_key),
+        tls_ca_file=t.string("tls_ca_file", d.tls_ca_file),
+        tls_verify_peer=t.boolean("tls_verify_peer", d.tls_verify_peer),
     )
+    if tls:
+        # Load the certificate, key and CAs now, so a bad file stops the load with its key.
+        from switch.tls import client_context, server_context
+
+        server_context(sip)
+        client_context(sip)
+    return sip
 
 
 def _parse_rtp(data: object) -> RtpConfig:
@@ -603,8 +644,9 @@ def _parse_prompts(data: object) -> PromptsConfig:
 
 
 def _parse_store(data: object) -> StoreConfig:
-    t = _Table(data, "store", ("url",))
-    return StoreConfig(url=t.string("url", StoreConfig().url, nonempty=True))
+    t = _Table(data, "store", ("url", "journal"))
+    return StoreConfig(url=t.string("url", StoreConfig().url, nonempty=True),
+                       journal=t.string("journal", ""))
 
 
 def _parse_log(data: object) -> LogConfig:
@@ -615,11 +657,15 @@ def _parse_log(data: object) -> LogConfig:
     return LogConfig(level=level)
 
 
-def _parse_extensions(root: _Table) -> tuple[Extension, ...]:
+_HA1_KEYS = {"ha1_md5": ("MD5", 32), "ha1_sha256": ("SHA-256", 64)}
+
+
+def _parse_extensions(root: _Table, sip: SipConfig,
+                      algorithms: tuple[str, ...]) -> tuple[Extension, ...]:
     result: list[Extension] = []
     seen: dict[str, str] = {}
     for path, item in root.array_of_tables("extensions"):
-        t = _Table(item, path, ("number", "password", "name", "email", "tenant"))
+        t = _Table(item, path, ("number", "password", "name", "email", "tenant", *_HA1_KEYS))
         if t.has("number") and not isinstance(t.data["number"], str):
             raise ConfigError(t.key("number"), "must be a string of digits (quote it)")
         number = t.required_string("number")
@@ -630,13 +676,43 @@ def _parse_extensions(root: _Table) -> tuple[Extension, ...]:
                 t.key("number"), f"duplicate extension {number!r} (see {seen[number]})"
             )
         seen[number] = path
+        password, ha1 = _extension_secret(t, sip, algorithms)
         result.append(
             Extension(
-                number=number, password=t.required_string("password"), name=t.string("name", ""),
+                number=number, password=password, name=t.string("name", ""),
                 email=t.string("email", ""), tenant=t.string("tenant", "default", nonempty=True),
+                ha1=ha1,
             )
         )
     return tuple(result)
+
+
+def _extension_secret(t: _Table, sip: SipConfig,
+                      algorithms: tuple[str, ...]) -> tuple[str, Mapping[str, str]]:
+    """``password``, or ``ha1_md5``/``ha1_sha256`` (one per algorithm in ``[auth]
+    algorithms``; each is H(number:realm:password) for ``[sip] realm``, so the password
+    itself stays out of the file, as ``softswitch hash-password`` prints them)."""
+    given = [key for key in _HA1_KEYS if t.has(key)]
+    if t.has("password"):
+        if given:
+            raise ConfigError(t.key(given[0]), "give either password or ha1_* values, not both")
+        return t.required_string("password"), MappingProxyType({})
+    if not given:
+        raise ConfigError(t.key("password"), "is required (or ha1_md5/ha1_sha256)")
+    ha1: dict[str, str] = {}
+    for key in given:
+        algorithm, length = _HA1_KEYS[key]
+        value = t.required_string(key).lower()
+        if len(value) != length or not all(c in "0123456789abcdef" for c in value):
+            raise ConfigError(t.key(key), f"must be {length} hex digits (H(number:realm:password)"
+                                          f" with {algorithm}, realm {sip.realm!r})")
+        ha1[algorithm] = value
+    for algorithm in algorithms:
+        if algorithm not in ha1:
+            key = next(k for k, (a, _) in _HA1_KEYS.items() if a == algorithm)
+            raise ConfigError(t.key(key), f"is required: [auth] algorithms offers {algorithm} "
+                                          "and there is no password")
+    return "", MappingProxyType(ha1)
 
 
 def _parse_trunks(
@@ -940,7 +1016,8 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     root = _Table(dict(data), "", _SECTIONS)
     get = root.data.get
     sip = _parse_sip(get("sip", {}))
-    extensions = _parse_extensions(root)
+    auth = _parse_auth(get("auth", {}))
+    extensions = _parse_extensions(root, sip, auth.algorithms)
     trunks = _parse_trunks(root, sip, extensions)
     prompts = _parse_prompts(get("prompts", {}))
     control = _parse_call_control(root, extensions, trunks)
@@ -950,7 +1027,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         sip=sip,
         rtp=_parse_rtp(get("rtp", {})),
         http=_parse_http(get("http", {})),
-        auth=_parse_auth(get("auth", {})),
+        auth=auth,
         registrar=_parse_registrar(get("registrar", {})),
         calls=_parse_calls(get("calls", {})),
         store=_parse_store(get("store", {})),

@@ -256,6 +256,14 @@ def _trunk_tcp(data: dict[str, Any]) -> None:
 
 
 # (mutation of the example config, key path, reason: exact, or a prefix when ending in "…")
+def _both(*mutations: Mutation) -> Mutation:
+    def apply(data: dict[str, Any]) -> None:
+        for mutate in mutations:
+            mutate(data)
+
+    return apply
+
+
 CASES = [
     # unknown keys
     pytest.param(_set("sips", {}), "sips", "unknown key (did you mean 'sip'?)", id="unknown-top"),
@@ -465,8 +473,27 @@ CASES = [
     pytest.param(
         _delete("extensions.0.password"),
         "extensions[0].password",
-        "is required",
+        "is required (or ha1_md5/ha1_sha256)",
         id="ext-no-password",
+    ),
+    pytest.param(
+        _set("extensions.0.ha1_md5", "0" * 32),
+        "extensions[0].ha1_md5",
+        "give either password or ha1_* values, not both",
+        id="ext-password-and-ha1",
+    ),
+    pytest.param(
+        _both(_delete("extensions.0.password"), _set("extensions.0.ha1_md5", "0" * 31 + "g"),
+              _set("extensions.0.ha1_sha256", "0" * 64)),
+        "extensions[0].ha1_md5",
+        "must be 32 hex digits (H(number:realm:password) with MD5, realm 'softswitch')",
+        id="ext-ha1-not-hex",
+    ),
+    pytest.param(
+        _both(_delete("extensions.0.password"), _set("extensions.0.ha1_md5", "0" * 32)),
+        "extensions[0].ha1_sha256",
+        "is required: [auth] algorithms offers SHA-256 and there is no password",
+        id="ext-ha1-missing-algorithm",
     ),
     pytest.param(
         _set("extensions.0.name", 5),
@@ -488,9 +515,9 @@ CASES = [
         id="trunk-name",
     ),
     pytest.param(
-        _set("trunks.0.transport", "tls"),
+        _set("trunks.0.transport", "sctp"),
         "trunks[0].transport",
-        "must be one of udp, tcp",
+        "must be one of udp, tcp, tls",
         id="trunk-transport",
     ),
     pytest.param(
@@ -555,7 +582,7 @@ CASES = [
     pytest.param(
         _set("sip.transports", ["udp", "sctp"]),
         "sip.transports[1]",
-        "unsupported 'sctp' (expected one of udp, tcp)",
+        "unsupported 'sctp' (expected one of udp, tcp, tls)",
         id="transport-unknown",
     ),
     pytest.param(
@@ -664,14 +691,6 @@ def test_validation_error(mutate: Mutation, key_path: str, reason: str) -> None:
     else:
         assert err.reason == reason
     assert str(err) == f"config: {err.key_path}: {err.reason}"
-
-
-def _both(*mutations: Mutation) -> Mutation:
-    def apply(data: dict[str, Any]) -> None:
-        for mutate in mutations:
-            mutate(data)
-
-    return apply
 
 
 @pytest.mark.parametrize(
