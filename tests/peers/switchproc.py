@@ -53,6 +53,8 @@ from sip.digest import hash_a1
 
 from .ports import free_port_range, free_udp_tcp_port
 
+_REPO = Path(__file__).resolve().parents[2]
+
 __all__ = ["SwitchProcess", "SwitchStartError", "dump_toml", "switch_factory"]
 
 
@@ -240,7 +242,9 @@ class SwitchProcess:
     def _launch(self) -> None:
         self.write_config()
         self._log_file = self.log_path.open("wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        # The switch under test is this checkout's, whatever an editable install points at.
+        path = os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH", "")) if p)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **self.env}
         self.proc = subprocess.Popen(
             [self.python, "-m", "switch", "run", "-c", str(self.config_path),
              "--log-level", self.log_level],
