@@ -244,4 +244,7 @@ class LegMedia:
         self.peer = None
         if self.endpoint.on_packet == self._on_packet:
             self.endpoint.on_packet = None
+        # The DTMF merger calls back into us: break that cycle so a finished leg's media is
+        # freed by reference counting (see RtpEndpoint._transport_lost).
+        self.merger.on_event = None
 
