@@ -417,6 +417,11 @@ class StreamFramer:
         self._scanned = 0  # bytes of the current header section already searched
         self.error: SipParseError | None = None  # set once the stream cannot be framed
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of a message received only in part (0 between messages)."""
+        return len(self._buf)
+
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return every message completed by them (raw bytes).
 

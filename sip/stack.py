@@ -91,6 +91,10 @@ class _TcpConnection(asyncio.Protocol):
         self.peer: Address | None = None
         self.aliases: set[Address] = set()  # other keys this connection is filed under
         self.last_activity = 0.0
+        # Since when a message has been received only in part (None: between messages).
+        self.partial_since: float | None = None
+        self.inbound = False  # accepted by our listener (counted per source)
+        self.counted_ip: str | None = None  # the source it is counted against, once admitted
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,7 +115,7 @@ class _TcpConnection(asyncio.Protocol):
         assert self.peer is not None
         if self.transport is None or self.transport.is_closing():
             return  # refused at connect (source_filter) or being closed: read nothing
-        self.last_activity = asyncio.get_running_loop().time()
+        now = self.last_activity = asyncio.get_running_loop().time()
         try:
             messages = self._framer.feed(data)
         except Exception:
@@ -120,6 +124,10 @@ class _TcpConnection(asyncio.Protocol):
             self._stack.counters[f"{self.kind}_framing_errors"] += 1
             self.close()
             return
+        if self._framer.buffered == 0:
+            self.partial_since = None
+        elif messages or self.partial_since is None:
+            self.partial_since = now  # a new message has begun
         for raw in messages:
             self._stack._received(raw, self.peer, self.kind)
         if self._framer.error is not None:
@@ -129,6 +137,7 @@ class _TcpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stack._tcp_lost(self)
+        self._stack._uncount(self)
         if not self.ready.done():
             self.ready.set_exception(exc or ConnectionError("connection closed"))
 
@@ -173,7 +182,7 @@ class _TlsConnection(_TcpConnection):
         self.peer = (peer[0], peer[1])
         loop = asyncio.get_running_loop()
         self.last_activity = loop.time()
-        if self._server_side and not self._stack._admit_tls(self.peer):
+        if self._server_side and not self._stack._admit_tls(self.peer, self):
             self.transport.abort()
             return
         try:
@@ -328,6 +337,9 @@ class SipStack:
         tls_server_context: ssl.SSLContext | None = None,
         tls_client_context: ssl.SSLContext | None = None,
         tls_handshake_timeout: float = TLS_HANDSHAKE_TIMEOUT,
+        max_connections_per_source: int = 0,
+        message_timeout: float = 0.0,
+        idle_timeout: float = TCP_IDLE_TIMEOUT,
     ) -> None:
         self.manager = manager or TransactionManager()
         self.address = address
@@ -356,6 +368,14 @@ class SipStack:
         # (ip, now) -> False to drop silently: asked before parsing a datagram or stream
         # message, when a TCP connection opens, and before sending (switch.security bans).
         self.source_filter: Callable[[str, float], bool] | None = None
+        # Stream limits (0 = off): open TCP+TLS connections accepted from one IP address, and
+        # seconds a message may take to arrive once begun (a half-sent message or a sender
+        # trickling bytes cannot pin a connection); ``limit_exempt(ip)`` spares trunks.
+        self.max_connections_per_source = max_connections_per_source
+        self.message_timeout = message_timeout
+        self.idle_timeout = idle_timeout
+        self.limit_exempt: Callable[[str], bool] | None = None
+        self._per_source: dict[str, int] = {}
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -380,7 +400,8 @@ class SipStack:
                         pass
         if "tcp" in self.transports:
             self._tcp_server = await loop.create_server(
-                lambda: _TcpConnection(self), self.address, self.port, reuse_address=True
+                lambda: self._inbound(_TcpConnection(self)), self.address, self.port,
+                reuse_address=True,
             )
         if "tls" in self.transports:
             # A plain TCP listener: each connection runs its own TLS layer (_TlsConnection),
@@ -388,7 +409,7 @@ class SipStack:
             server_context = self.tls_server_context
             assert server_context is not None
             self._tls_server = await loop.create_server(
-                lambda: _TlsConnection(self, server_context, server_side=True),
+                lambda: self._inbound(_TlsConnection(self, server_context, server_side=True)),
                 self.address, self.tls_port, reuse_address=True,
             )
         if self._tcp_server is not None or self._tls_server is not None:
@@ -572,13 +593,49 @@ class SipStack:
         for data in pendings.pop(dest, []):
             conn.send(data)
 
-    def _admit_tls(self, peer: Address) -> bool:
+    @staticmethod
+    def _inbound(conn: _TcpConnection) -> _TcpConnection:
+        conn.inbound = True
+        return conn
+
+    def _over_source_limit(self, conn: _TcpConnection) -> bool:
+        """Count an accepted connection against its source; True (and not counted) when the
+        source already has ``max_connections_per_source`` open."""
+        if not conn.inbound or conn.peer is None:
+            return False
+        ip = conn.peer[0]
+        limit = self.max_connections_per_source
+        if limit and self._per_source.get(ip, 0) >= limit and not (
+                self.limit_exempt is not None and self.limit_exempt(ip)):
+            self.counters[f"{conn.kind}_per_source_refused"] += 1
+            return True
+        self._per_source[ip] = self._per_source.get(ip, 0) + 1
+        conn.counted_ip = ip
+        return False
+
+    def _uncount(self, conn: _TcpConnection) -> None:
+        """Release a connection's place in its source's count (once)."""
+        ip = conn.counted_ip
+        if ip is None:
+            return
+        conn.counted_ip = None
+        left = self._per_source.get(ip, 0) - 1
+        if left > 0:
+            self._per_source[ip] = left
+        else:
+            self._per_source.pop(ip, None)
+
+    def _admit_tls(self, peer: Address, conn: _TcpConnection | None = None) -> bool:
         """May a connection just accepted on the TLS port start its handshake?"""
         if self.source_filter is not None and not self.source_filter(peer[0], self._now()):
             self.counters["tls_filtered"] += 1
             return False
+        if conn is not None and self._over_source_limit(conn):
+            return False
         if self._handshaking >= MAX_TLS_HANDSHAKES:
             self.counters["tls_handshake_overflow"] += 1
+            if conn is not None:
+                self._uncount(conn)
             return False
         return True
 
@@ -586,6 +643,9 @@ class SipStack:
         assert conn.peer is not None
         if self.source_filter is not None and not self.source_filter(conn.peer[0], self._now()):
             self.counters[f"{conn.kind}_filtered"] += 1
+            conn.close()
+            return
+        if conn.kind == "tcp" and self._over_source_limit(conn):
             conn.close()
             return
         conns, _ = self._tables(conn.kind)
@@ -611,19 +671,32 @@ class SipStack:
         return [peer for peer, conn in conns.items() if peer == conn.peer]
 
     async def _close_idle_connections(self) -> None:
+        # Often enough that a half-sent message is cut within about 1.5x message_timeout.
+        period = 30.0
+        if self.message_timeout > 0:
+            period = min(period, max(0.25, self.message_timeout / 2))
         while True:
-            await asyncio.sleep(30.0)
+            await asyncio.sleep(period)
             self.close_idle(self._now())
 
-    def close_idle(self, now: float, idle_timeout: float = TCP_IDLE_TIMEOUT) -> int:
-        """Close TCP and TLS connections silent for more than ``idle_timeout`` seconds;
-        returns how many were closed (the stack calls this every 30 s)."""
+    def close_idle(self, now: float, idle_timeout: float | None = None) -> int:
+        """Close TCP and TLS connections silent for more than ``idle_timeout`` seconds
+        (default :attr:`idle_timeout`), and those holding a message begun more than
+        :attr:`message_timeout` seconds ago; returns how many were closed (the stack calls
+        this periodically)."""
+        idle = self.idle_timeout if idle_timeout is None else idle_timeout
         closed = 0
         for conn in {id(c): c for c in [*self._tcp.values(), *self._tls.values()]}.values():
-            if now - conn.last_activity > idle_timeout and conn.transport is not None:
-                if not conn.transport.is_closing():
-                    conn.close()
-                    closed += 1
+            if conn.transport is None or conn.transport.is_closing():
+                continue
+            if now - conn.last_activity > idle:
+                conn.close()
+                closed += 1
+            elif (self.message_timeout > 0 and conn.partial_since is not None
+                  and now - conn.partial_since > self.message_timeout):
+                self.counters[f"{conn.kind}_message_timeouts"] += 1
+                conn.close()
+                closed += 1
         return closed
 
     # ---- receiving and timers -------------------------------------------------------------

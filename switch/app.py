@@ -221,8 +221,12 @@ class Switch(CallControl):
         self.security = SourceGuard(
             config.security, extra_allow=[*own, *(t.host for t in config.trunks)])
         self._request_ip = ""  # source address of the request being handled, for the limits
+        self.stack.idle_timeout = config.security.tcp_idle_timeout
         if config.security.enabled:
             self.stack.source_filter = self.security.admit
+            self.stack.max_connections_per_source = config.security.tcp_max_per_source
+            self.stack.message_timeout = config.security.tcp_message_timeout
+            self.stack.limit_exempt = self.security.allow.__contains__
             # Garbage counts toward the flood limit like a request: a scanner or fuzzer that
             # sends only unparseable bytes is banned as fast as one that sends INVITEs.
             self.stack.manager.on_malformed = lambda source, now: self.security.request(

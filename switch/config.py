@@ -973,7 +973,8 @@ def _parse_security(data: object) -> SecurityConfig:
     """``[security]``: per-source flood bans and digest brute-force limits."""
     t = _Table(data, "security", ("enabled", "flood_window", "flood_limit", "ban_seconds",
                                   "allow", "auth_window", "auth_source_limit",
-                                  "auth_account_limit", "max_sources"))
+                                  "auth_account_limit", "max_sources", "tcp_max_per_source",
+                                  "tcp_message_timeout", "tcp_idle_timeout"))
     d = SecurityConfig()
     allow = t.data.get("allow", [])
     if not isinstance(allow, list):
@@ -994,6 +995,9 @@ def _parse_security(data: object) -> SecurityConfig:
         auth_source_limit=t.integer("auth_source_limit", d.auth_source_limit, 1),
         auth_account_limit=t.integer("auth_account_limit", d.auth_account_limit, 1),
         max_sources=t.integer("max_sources", d.max_sources, 16, 10_000_000),
+        tcp_max_per_source=t.integer("tcp_max_per_source", d.tcp_max_per_source, 1),
+        tcp_message_timeout=t.positive_number("tcp_message_timeout", d.tcp_message_timeout),
+        tcp_idle_timeout=t.positive_number("tcp_idle_timeout", d.tcp_idle_timeout),
     )
 
 

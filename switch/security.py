@@ -215,6 +215,9 @@ class SecurityConfig:
     auth_account_limit: int = 10  # failures per account in the window: the account throttles
     max_sources: int = 65536  # entries per table (counters, bans, accounts)
     known_sources_per_account: int = 4  # addresses an account recently authenticated from
+    tcp_max_per_source: int = 32  # open TCP+TLS connections accepted from one address
+    tcp_message_timeout: float = 10.0  # seconds a begun message may take to arrive in full
+    tcp_idle_timeout: float = 300.0  # seconds a silent TCP/TLS connection is kept
 
 
 class SourceGuard:

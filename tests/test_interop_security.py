@@ -425,3 +425,90 @@ async def test_garbage_counts_toward_the_flood_ban(tmp_path: Path) -> None:
         phone.check()
         assert attacker.transport is not None
         attacker.transport.close()
+
+
+# --------------------------------------------------------------------------- TCP limits
+
+
+async def _closed_by_peer(reader: asyncio.StreamReader, timeout: float) -> bool:
+    """True when the switch closes the connection (EOF or reset) within ``timeout``."""
+    try:
+        return await asyncio.wait_for(reader.read(65536), timeout) == b""
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+
+
+async def test_tcp_connections_per_source_are_limited(tmp_path: Path) -> None:
+    async with _security_switch(tmp_path, tcp_max_per_source=4) as sw:
+        port = sw.sip_port
+        conns = [await asyncio.open_connection("127.0.0.1", port, local_addr=(ATTACKER, 0))
+                 for _ in range(6)]
+        closed = [await _closed_by_peer(r, 0.5) for r, _ in conns]
+        assert closed == [False] * 4 + [True] * 2, closed
+        assert sw.sw.stack.counters["tcp_per_source_refused"] == 2
+        # The four it keeps still work: a REGISTER on one is challenged.
+        reader, writer = conns[0]
+        writer.write(_register_tcp(ATTACKER, writer, port, 1))
+        answer = await asyncio.wait_for(reader.read(65536), 5.0)
+        assert answer.startswith(b"SIP/2.0 401"), answer[:80]
+        # A phone on another address is not affected: SIPp registers over TCP.
+        phone = await sipp.arun("register_auth", port, local_ip=PHONE, service="1001",
+                                auth_user="1001", auth_pass=sw.passwords["1001"],
+                                keys={"expires": "120"}, transport="t1",
+                                workdir=tmp_path / "phone", timeout=30)
+        phone.check()
+        for _, w in conns:
+            w.close()
+        # Closing frees the places: a new connection from the attacker is kept again.
+        await asyncio.sleep(0.3)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port,
+                                                       local_addr=(ATTACKER, 0))
+        assert not await _closed_by_peer(reader, 0.5)
+        writer.close()
+
+
+async def test_half_sent_message_closes_the_connection(tmp_path: Path) -> None:
+    async with _security_switch(tmp_path, tcp_message_timeout=1.0) as sw:
+        port = sw.sip_port
+        slow_r, slow_w = await asyncio.open_connection("127.0.0.1", port,
+                                                       local_addr=(ATTACKER, 0))
+        ok_r, ok_w = await asyncio.open_connection("127.0.0.1", port, local_addr=(PHONE, 0))
+        message = _register_tcp(ATTACKER, slow_w, port, 1)
+        # Half a message, then a byte every 0.3 s: active, but never finishing the message.
+        slow_w.write(message[:60])
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        closed_at = None
+        for i in range(60, len(message) - 1):  # bounded: one byte per step
+            slow_w.write(message[i:i + 1])
+            if await _closed_by_peer(slow_r, 0.3):
+                closed_at = loop.time() - t0
+                break
+        assert closed_at is not None and closed_at < 5.0, closed_at
+        assert sw.sw.stack.counters["tcp_message_timeouts"] == 1
+        # A whole message on the other connection is answered, and it stays open.
+        ok_w.write(_register_tcp(PHONE, ok_w, port, 2))
+        answer = await asyncio.wait_for(ok_r.read(65536), 5.0)
+        assert answer.startswith(b"SIP/2.0 401"), answer[:80]
+        assert not await _closed_by_peer(ok_r, 2.0)
+        print(f"half-sent message: connection closed after {closed_at:.2f} s")
+        for w in (slow_w, ok_w):
+            w.close()
+
+
+def _register_tcp(ip: str, writer: asyncio.StreamWriter, port: int, n: int) -> bytes:
+    local_port = writer.get_extra_info("sockname")[1]
+    lines = [
+        f"REGISTER sip:127.0.0.1:{port};transport=tcp SIP/2.0",
+        f"Via: SIP/2.0/TCP {ip}:{local_port};branch=z9hG4bKt{secrets.token_hex(6)};rport",
+        "Max-Forwards: 70",
+        f"From: <sip:1001@127.0.0.1>;tag=t{n}",
+        "To: <sip:1001@127.0.0.1>",
+        f"Call-ID: tcp-{n}-{secrets.token_hex(4)}@{ip}",
+        f"CSeq: {n} REGISTER",
+        f"Contact: <sip:1001@{ip}:{local_port};transport=tcp>",
+        "Expires: 60",
+    ]
+    return ("\r\n".join([*lines, "Content-Length: 0"]) + "\r\n\r\n").encode()
