@@ -45,6 +45,17 @@ from sip.uri import Via, parse_name_addr, parse_via
 
 Address: TypeAlias = tuple[str, int]
 
+#: What :attr:`_Transaction.request` points at once a transaction only absorbs
+#: retransmissions (see :meth:`TransactionManager._retire`): a well-formed stand-in, so a TU
+#: that still builds a response from it gets one (which the state machine then discards).
+RETIRED_REQUEST: Final = Request(method="RETIRED", uri="sip:retired.invalid", headers=Headers([
+    ("Via", "SIP/2.0/UDP retired.invalid;branch=z9hG4bKretired"),
+    ("From", "<sip:retired.invalid>;tag=retired"),
+    ("To", "<sip:retired.invalid>"),
+    ("Call-ID", "retired"),
+    ("CSeq", "1 RETIRED"),
+]))
+
 # RFC 3261 section 8.1.1.7: branches of RFC 3261 elements start with this cookie.
 MAGIC_COOKIE: Final = "z9hG4bK"
 
@@ -241,7 +252,8 @@ class ServerTransaction(_Transaction):
     responses go (RFC 3261 section 18.2.2).
     """
 
-    __slots__ = ("_ack_key", "_acked", "_response_data", "response_dest", "source")
+    __slots__ = ("_ack_key", "_acked", "_final_to_tag", "_response_data", "response_dest",
+                 "source")
 
     def __init__(
         self,
@@ -259,6 +271,7 @@ class ServerTransaction(_Transaction):
         self._response_data = b""
         self._ack_key: tuple[str, int, str] | None = None
         self._acked = False
+        self._final_to_tag: str | None = None  # kept when the final response is retired
 
 
 Transaction: TypeAlias = ClientTransaction | ServerTransaction
@@ -431,6 +444,9 @@ class TransactionManager:
         tx.state = TERMINATED
         self._live -= len(tx._timers)
         tx._timers.clear()
+        # Stale timer entries keep a terminated transaction referenced until their deadline
+        # (lazy deletion, up to 64*T1): do not let them keep its messages too.
+        self._retire(tx)
         if isinstance(tx, ClientTransaction):
             if self._clients.get(tx.key) is tx:
                 del self._clients[tx.key]
@@ -776,7 +792,7 @@ class TransactionManager:
         )
         self._servers[key] = ctx
         # RFC 3261 section 9.2: the To tag of the 200 should be the one of our INVITE response.
-        to_tag: str | None = None
+        to_tag: str | None = invite_tx._final_to_tag
         if invite_tx.last_response is not None:
             resp_to = invite_tx.last_response.headers.get("To")
             if resp_to is not None:
@@ -820,6 +836,21 @@ class TransactionManager:
         else:
             inp = "3xx-6xx"
         return self._feed(tx, inp, response, now)
+
+    @staticmethod
+    def _retire(tx: Transaction) -> None:
+        """Let go of the parsed request and response of a transaction that from now on only
+        absorbs retransmissions (with the bytes it keeps) for up to 64*T1. Thousands of such
+        transactions are alive at a few hundred calls per second; their messages were most
+        of the objects the garbage collector had to scan, and its pauses grew with them."""
+        if isinstance(tx, ServerTransaction) and tx.last_response is not None:
+            try:
+                to = tx.last_response.headers.get("To")
+                tx._final_to_tag = (_tag(to) or None) if to is not None else None
+            except SipParseError:
+                tx._final_to_tag = None
+        tx.request = RETIRED_REQUEST
+        tx.last_response = None
 
     # ---- client INVITE (RFC 3261 section 17.1.1, RFC 6026 section 8.4) ----------------------
 
@@ -883,9 +914,10 @@ class TransactionManager:
     ) -> list[Event]:
         # RFC 6026 section 8.4: 2xx -> to TU, Accepted, Timer M = 64*T1.
         self._cancel(tx, "A", "B")
-        tx.last_response = resp
         tx.state = ACCEPTED
         self._arm(tx, "M", 64 * self.t1, now)
+        # Accepted needs only the TU's ACK bytes (send_ack) to answer 2xx retransmissions.
+        self._retire(tx)
         return [IncomingResponse(resp, tx)]
 
     def _ci_success_retransmit(
@@ -1032,6 +1064,9 @@ class TransactionManager:
         if not tx.reliable:
             tx._interval = self.t1
             self._arm(tx, "2xx", self.t1, now)
+        # Accepted re-sends the 2xx bytes and matches the ACK by ack_key (and a CANCEL
+        # still gets our To tag).
+        self._retire(tx)
         return []
 
     def _si_send_2xx_again(
@@ -1151,6 +1186,7 @@ class TransactionManager:
             self._terminate(tx)
         else:
             self._arm(tx, "J", 64 * self.t1, now)
+            self._retire(tx)  # Completed re-sends the final's bytes, nothing more
         return []
 
     def _sn_resend_provisional(
