@@ -25,7 +25,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 try:  # tests/ is not a package: pytest puts tests/ itself on sys.path (rootdir-relative)
@@ -55,23 +54,11 @@ MIN_TONE_SECONDS = 1.0      # a recording must hold at least this much loud tone
 # --------------------------------------------------------------------------- helpers
 
 
-def _loud_seconds(path: Path, threshold: float = 0.05) -> float:
-    """Seconds of 20 ms blocks whose RMS level is above ``threshold`` (full scale = 1)."""
-    data, rate = audio.read_wav(path)
-    block = max(1, rate // 50)
-    n = len(data) // block
-    if n == 0:
-        return 0.0
-    blocks = data[: n * block].reshape(n, block)
-    levels = np.sqrt(np.mean(blocks * blocks, axis=1))
-    return float(np.count_nonzero(levels > threshold)) * block / rate
-
-
 def _assert_heard(path: Path | None, freq: float, who: str) -> None:
     """``path`` (a recording of what ``who`` heard) holds a tone of ``freq`` Hz, not silence."""
     assert path is not None and path.exists(), f"{who}: no recording"
     heard = audio.dominant_frequency(path)
-    loud = _loud_seconds(path)
+    loud = audio.loud_seconds(path)
     assert loud >= MIN_TONE_SECONDS, (
         f"{who} heard almost nothing: {loud:.2f} s above -26 dBFS in {path} "
         f"({audio.duration(path):.2f} s, rms {audio.rms(path):.4f})")

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from sip.message import Headers, Request, Response
@@ -173,22 +172,11 @@ def _no_errors(sw: Switch) -> None:
 # --------------------------------------------------------------------------- audio checks
 
 
-def _loud_seconds(path: Path, threshold: float = 0.05) -> float:
-    data, rate = audio.read_wav(path)
-    block = max(1, rate // 50)
-    n = len(data) // block
-    if n == 0:
-        return 0.0
-    blocks = data[: n * block].reshape(n, block)
-    levels = np.sqrt(np.mean(blocks * blocks, axis=1))
-    return float(np.count_nonzero(levels > threshold)) * block / rate
-
-
 def _assert_heard(phone: baresip.BaresipInstance, freq: float) -> None:
     files = phone.recorded_files()
     assert files, f"{phone.user}: no recording of what it heard"
     path = files[-1]
-    loud = _loud_seconds(path)
+    loud = audio.loud_seconds(path)
     assert loud >= MIN_TONE_SECONDS, f"{phone.user} heard almost nothing ({loud:.2f} s loud)"
     heard = audio.dominant_frequency(path)
     assert abs(heard - freq) < FREQ_TOLERANCE, f"{phone.user} heard {heard:.1f} Hz, not {freq}"

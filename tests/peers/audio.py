@@ -112,6 +112,18 @@ def rms(source: str | Path | Samples, rate: int | None = None, *, skip: float = 
     return float(np.sqrt(np.mean(data * data)))
 
 
+def loud_seconds(path: str | Path, threshold: float = 0.05) -> float:
+    """Seconds of 20 ms blocks of a WAV whose RMS level is above ``threshold`` (full scale 1)."""
+    data, rate = read_wav(path)
+    block = max(1, rate // 50)
+    n = len(data) // block
+    if n == 0:
+        return 0.0
+    blocks = data[: n * block].reshape(n, block)
+    levels = np.sqrt(np.mean(blocks * blocks, axis=1))
+    return float(np.count_nonzero(levels > threshold)) * block / rate
+
+
 def rms_dbfs(source: str | Path | Samples, rate: int | None = None, *, skip: float = 0.0) -> float:
     """RMS level in dBFS (a full-scale sine is about -3 dBFS; silence is -inf)."""
     level = rms(source, rate, skip=skip)
