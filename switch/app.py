@@ -213,6 +213,7 @@ class Switch(CallControl):
         self._trunk_sources = {
             (t.host, t.port): t for t in config.trunks
         }
+        self._trunk_ips = {t.host: t for t in config.trunks if t.identify == "ip"}
         # ---- signalling defences: flood bans and digest brute-force limits. Trunks and the
         # switch's own address are never banned (Kamailio's default config also skips pike
         # for `src_ip == myself`). A banned source is dropped before parsing and sent nothing.
@@ -867,8 +868,9 @@ class Switch(CallControl):
             self.b2bua.on_in_dialog(leg, request, tx)
 
     def trunk_for_source(self, source: Address) -> Trunk | None:
-        """The trunk a request came from, by its configured address and port."""
-        return self._trunk_sources.get(source)
+        """The trunk a request came from: by its configured address and port, or by its IP
+        alone for a trunk with ``identify = "ip"``."""
+        return self._trunk_sources.get(source) or self._trunk_ips.get(source[0])
 
     def _new_invite(
         self, request: Request, tx: ServerTransaction, source: Address, transport: str,

@@ -267,6 +267,10 @@ class Trunk:
     # A peering trunk: calls from it to numbers that are not its DIDs are routed by [[routes]]
     # (transit). Off by default, so a trunk cannot use the switch to reach other trunks.
     transit: bool = False
+    # How requests are recognised as coming from this trunk: "address" = from its host and
+    # port only; "ip" = from its host on any port (a carrier sending from several ports, or
+    # opening its own TCP/TLS connections from ephemeral ports). Either way: not challenged.
+    identify: str = "address"
     # Inbound DID map: dialled number ("+E.164" or digits) -> extension number. Read-only.
     dids: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -723,8 +727,9 @@ def _parse_trunks(
     seen: dict[str, str] = {}
     allowed = (
         "name", "host", "port", "transport", "username", "password", "register",
-        "register_expires", "from_user", "dids", "transit",
+        "register_expires", "from_user", "dids", "transit", "identify",
     )  # fmt: skip
+    by_ip: dict[str, str] = {}
     for path, item in root.array_of_tables("trunks"):
         t = _Table(item, path, allowed)
         name = t.required_string("name")
@@ -753,6 +758,14 @@ def _parse_trunks(
         from_user = t.string("from_user", "")
         dids = _parse_dids(t, numbers)
         transit = t.boolean("transit", False)
+        identify = t.string("identify", "address", nonempty=True)
+        if identify not in ("address", "ip"):
+            raise ConfigError(t.key("identify"), "must be 'address' or 'ip'")
+        if identify == "ip":
+            if host in by_ip:
+                raise ConfigError(t.key("identify"),
+                                  f"{by_ip[host]} also identifies by IP {host}: ambiguous")
+            by_ip[host] = path
         result.append(
             Trunk(
                 name=name,
@@ -766,6 +779,7 @@ def _parse_trunks(
                 from_user=from_user,
                 dids=dids,
                 transit=transit,
+                identify=identify,
             )
         )
     return tuple(result)

@@ -533,6 +533,20 @@ CASES = [
         id="trunk-password",
     ),
     pytest.param(
+        _set("trunks.0.identify", "name"),
+        "trunks[0].identify",
+        "must be 'address' or 'ip'",
+        id="trunk-identify",
+    ),
+    pytest.param(
+        _both(_set("trunks.0.identify", "ip"),
+              _append("trunks", {"name": "pstn2", "host": "127.0.0.1", "port": 5090,
+                                 "identify": "ip"})),
+        "trunks[1].identify",
+        "trunks[0] also identifies by IP 127.0.0.1: ambiguous",
+        id="trunk-identify-ambiguous",
+    ),
+    pytest.param(
         _set("trunks.0.register", True),
         "trunks[0].username",
         "is required when register = true",

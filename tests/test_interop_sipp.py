@@ -580,6 +580,24 @@ async def test_trunk_reaches_only_its_dids(make_switch: Callable[..., SwitchProc
     no_crash(sw)
 
 
+@pytest.mark.parametrize(("identify", "status"), [("address", 407), ("ip", 480)])
+async def test_tcp_trunk_on_its_own_connection(make_switch: Callable[..., SwitchProcess],
+                                               tmp_path: Path, identify: str,
+                                               status: int) -> None:
+    """A carrier that opens its own TCP connection comes from an ephemeral port, not the
+    trunk's configured one: with ``identify = "ip"`` it is still the trunk (its DID call is
+    routed to 1001, not registered here: 480, no challenge); by address it is challenged like
+    anyone else (407)."""
+    sw = make_switch(trunk={"transport": "tcp", "identify": identify})
+    res = await sipp.arun(reject_scenario(tmp_path, status), sw.sip_port, transport="t1",
+                          service=DID, keys={"caller": OUT_NUMBER, "max_forwards": 70},
+                          workdir=tmp_path, timeout=15)
+    check(sw, res)
+    assert len(res.received(f"SIP/2.0 {status}")) == 1, diag(sw, res)
+    assert identify == "address" or not res.received("SIP/2.0 407")
+    no_crash(sw)
+
+
 async def test_unauthenticated_invite_to_outside_is_challenged_and_never_reaches_trunk(
         make_switch: Callable[..., SwitchProcess], trunk_port: int, tmp_path: Path) -> None:
     sw = make_switch()
