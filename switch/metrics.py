@@ -14,8 +14,9 @@ Exported families (all prefixed ``softswitch_``):
   ``rtp_endpoints``, ``rtp_port_pairs{state}`` (free, used);
 * ``webhook_deliveries_total{result}`` (delivered, failed_attempt, dead),
   ``webhook_events_enqueued_total``;
-* ``sip_<counter>_total`` one counter per key of ``Switch.counters`` (always at least
-  ``sip_auth_failures_total``);
+* ``sip_<counter>_total`` one counter per key of ``Switch.counters`` and of the SIP stack's
+  counters (always at least ``sip_auth_failures_total``; e.g. ``sip_malformed_dropped_total``,
+  ``sip_tcp_per_source_refused_total``, ``sip_tls_handshake_failures_total``);
 * ``limit_active{key}``, ``limit_waiting{key}`` per limiter (``tenant:x``, ``trunk:y``);
 * ``scheduler_in_flight`` scheduled calls being placed now;
 * ``security_banned``, ``security_tracked_sources``, ``security_tracked_accounts`` and
@@ -154,7 +155,9 @@ class SwitchCollector(Collector):
     @staticmethod
     def _sip(sw: Switch) -> list[Metric]:
         counters: dict[str, float] = {"auth_failures": 0.0}
-        for key, value in sw.counters.items():
+        # The switch's own counters and the SIP stack's (transactions, parse errors, TCP/TLS
+        # connections refused, handshakes failed or timed out, messages timed out...).
+        for key, value in [*sw.counters.items(), *sw.stack.counters.items()]:
             name = _metric_name(str(key))
             counters[name] = counters.get(name, 0.0) + float(value)
         return [

@@ -448,6 +448,12 @@ async def test_tcp_connections_per_source_are_limited(tmp_path: Path) -> None:
         closed = [await _closed_by_peer(r, 0.5) for r, _ in conns]
         assert closed == [False] * 4 + [True] * 2, closed
         assert sw.sw.stack.counters["tcp_per_source_refused"] == 2
+        from prometheus_client import generate_latest
+
+        from switch.metrics import make_registry
+
+        exported = generate_latest(make_registry(sw.sw)).decode()
+        assert "softswitch_sip_tcp_per_source_refused_total 2.0" in exported
         # The four it keeps still work: a REGISTER on one is challenged.
         reader, writer = conns[0]
         writer.write(_register_tcp(ATTACKER, writer, port, 1))
