@@ -16,6 +16,7 @@ import gc
 import logging
 import secrets
 import signal
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -267,7 +268,10 @@ class Switch(CallControl):
         self._store_ok = False
         self._background: set[asyncio.Task[Any]] = set()
         self._watch_task: asyncio.Task[None] | None = None
-        self._cdr_queue: list[tuple[int, dict[str, Any]]] = []
+        self._cdr_queue: list[tuple[list[int], dict[str, Any]]] = []
+        # Journal tokens of each call in progress ("call" at its start, "answer"), done with
+        # its CDR: a call cut off by a crash gets an "interrupted" CDR at the next start.
+        self._call_tokens: dict[str, list[int]] = {}
         self._cdr_writer: asyncio.Task[Any] | None = None
         self._audit_queue: list[tuple[int, dict[str, Any]]] = []
         self._audit_writer: asyncio.Task[Any] | None = None
@@ -313,6 +317,7 @@ class Switch(CallControl):
         await self.stack.start()
         await self.webhooks.start()
         self.subscribe(self._event_to_webhooks)
+        self.subscribe(self._journal_call)
         if self.config.http.enabled:
             from switch.http import HttpServer
 
@@ -441,9 +446,41 @@ class Switch(CallControl):
 
     # ---- CDRs, webhooks, scheduled calls ---------------------------------------------------
 
+    def _journal_call(self, event: CallEvent) -> None:
+        """Journal a call's start and answer, so that a crash mid-call still leaves a CDR."""
+        if event.name == "initiated" and event.call_id not in self._call_tokens:
+            self._call_tokens[event.call_id] = []
+            # Next loop turn: the call-control layer tags the call (tenant, caller ID,
+            # front-end) right after the B2BUA announces it.
+            asyncio.get_running_loop().call_soon(self._journal_call_record, event.call_id,
+                                                 "call", {"started_at": event.time})
+        elif event.name == "answered" and event.call_id in self._call_tokens:
+            self._journal_call_record(event.call_id, "answer", {"answered_at": event.time})
+        elif event.name == "merged":
+            # Bridging two calls makes one CDR: the merged call's records end with it.
+            src = str(event.data.get("from_call"))
+            tokens = self._call_tokens.pop(src, [])
+            tokens.append(self.journal.append("merged", {"call_id": src,
+                                                         "into": event.call_id}))
+            self._call_tokens.setdefault(event.call_id, []).extend(tokens)
+
+    def _journal_call_record(self, call_id: str, kind: str, extra: dict[str, Any]) -> None:
+        tokens = self._call_tokens.get(call_id)
+        call = self.b2bua.calls.get(call_id)
+        if tokens is None or call is None or (kind == "answer" and len(tokens) != 1):
+            return  # over already, or not the first answer
+        tags = call.tags
+        record = {"call_id": call_id, "tenant": str(tags.get("tenant", "default")),
+                  "caller": call.caller, "callee": call.callee,
+                  "caller_id_number": tags.get("caller_id_number") or call.caller,
+                  "frontend": tags.get("frontend"), "external_id": tags.get("external_id"),
+                  **extra}
+        tokens.append(self.journal.append(kind, record))
+
     def _store_cdr(self, cdr: dict[str, Any]) -> None:
         self.outcomes[str(cdr.get("outcome"))] += 1
-        self._cdr_queue.append((self.journal.append("cdr", cdr), cdr))
+        tokens = self._call_tokens.pop(str(cdr.get("call_id")), [])
+        self._cdr_queue.append(([self.journal.append("cdr", cdr), *tokens], cdr))
         if self._cdr_writer is None or self._cdr_writer.done():
             self._cdr_writer = self._spawn_bg(self._write_cdrs())
 
@@ -465,7 +502,7 @@ class Switch(CallControl):
                 log.exception("storing %d CDRs failed (first call %s)", len(batch),
                               batch[0][1].get("call_id"))
             else:
-                self.journal.done(token for token, _ in batch)
+                self.journal.done(token for tokens, _ in batch for token in tokens)
 
     async def _store_cdr_batch(self, batch: list[dict[str, Any]]) -> None:
         for cdr in batch:
@@ -519,6 +556,32 @@ class Switch(CallControl):
         else:
             self.journal.done((token,))
 
+    async def _interrupted_cdrs(self, entries: list[tuple[str, dict[str, Any]]],
+                                have: set[str]) -> list[dict[str, Any]]:
+        """CDRs for the calls a dead run had started and never finished: outcome
+        ``interrupted``, ended when the journal was last written (about when the run died)."""
+        calls: dict[str, dict[str, Any]] = {}
+        merged = {r.get("call_id") for kind, r in entries if kind == "merged"}
+        for kind, record in entries:
+            call_id = record.get("call_id")
+            if (kind in ("call", "answer") and isinstance(call_id, str) and call_id not in have
+                    and call_id not in merged):
+                calls.setdefault(call_id, {}).update(record)
+        died = self.journal.recovered_mtime or time.time()
+        out = []
+        for call_id, rec in calls.items():
+            if "started_at" not in rec or await self.store.get_cdr(call_id) is not None:
+                continue
+            started = float(rec["started_at"])
+            answered = rec.get("answered_at")
+            ended = max(died, started, float(answered or 0.0))
+            out.append({**rec, "ended_at": ended, "duration": round(ended - started, 3),
+                        "billsec": round(ended - float(answered), 3) if answered else 0.0,
+                        "outcome": "interrupted", "sip_status": None, "q850": None,
+                        "legs": [], "variables": {},
+                        "failure": "the switch stopped during the call (crash or kill)"})
+        return out
+
     async def _replay_journal(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
         """Store what a killed run had journaled but not committed (idempotent: the store
         upserts CDRs by call id, the outbox skips event ids it has, audit rows carry ids)."""
@@ -526,6 +589,7 @@ class Switch(CallControl):
             self.journal.forget_recovered()
             return
         cdrs = [r for kind, r in entries if kind == "cdr" and isinstance(r.get("call_id"), str)]
+        cdrs += await self._interrupted_cdrs(entries, {str(c["call_id"]) for c in cdrs})
         audit = [r for kind, r in entries if kind == "audit"]
         for kind, record in entries:
             if kind == "event":

@@ -49,6 +49,8 @@ class Journal:
         self._size = 0
         self.counters = {"appended": 0, "recovered": 0, "torn": 0, "compactions": 0,
                          "write_errors": 0}
+        #: When the file recovered was last written (about when an earlier run died), or None.
+        self.recovered_mtime: float | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -63,6 +65,7 @@ class Journal:
         entries: list[tuple[str, dict[str, Any]]] = []
         try:
             raw = self.path.read_bytes()
+            self.recovered_mtime = self.path.stat().st_mtime
         except FileNotFoundError:
             raw = b""
         for line in raw.split(b"\n"):

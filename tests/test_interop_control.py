@@ -362,6 +362,13 @@ async def test_http_api_originates_two_legs_and_bridges_them(tmp_path: Path) -> 
                     await asyncio.sleep(0.1)
                 assert rc.status_code == 200, rc.text
                 stored = rc.json()
+                # The merged call's journal records ended with the one CDR: nothing left
+                # that a crash now would turn into an "interrupted" CDR.
+                for _ in range(50):  # bounded: done() follows the batch's commit
+                    if sw.sw.journal.open_records == 0:
+                        break
+                    await asyncio.sleep(0.05)
+                assert sw.sw.journal.open_records == 0 and not sw.sw._call_tokens
                 rec_id = stored["recording_ids"][0]
                 rr = await api.get(f"/v1/recordings/{rec_id}")
             uas_res = await uas.wait_async(10)

@@ -158,3 +158,34 @@ def test_journal_setting(tmp_path: Path) -> None:
     assert _journal_path(StoreConfig(url="postgresql://h/db")) is None
     assert _journal_path(StoreConfig(url="postgresql://h/db", journal="/var/j")) == Path("/var/j")
     assert _journal_path(StoreConfig(url="sqlite:///a.db", journal="off")) is None
+
+
+async def test_call_cut_off_by_a_crash_gets_an_interrupted_cdr(tmp_path: Path) -> None:
+    db = tmp_path / "switch.db"
+    journal = Path(str(db) + ".journal")
+    base = {"tenant": "acme", "caller": "1001", "callee": "+905551112233",
+            "caller_id_number": "+902120000000", "frontend": None, "external_id": "x-9"}
+    lines = [("call", {"call_id": "cut", "started_at": 1700000000.0, **base}),
+             ("answer", {"call_id": "cut", "answered_at": 1700000002.0, **base}),
+             ("call", {"call_id": "done", "started_at": 1700000000.0, **base}),
+             ("cdr", {"call_id": "done", "outcome": "answered", **base})]
+    journal.write_text("".join(json.dumps({"k": k, "r": r}) + "\n" for k, r in lines))
+    died = 1700000010.0
+    import os
+
+    os.utime(journal, (died, died))  # the last write before the "crash"
+    sw = Switch(parse_config({**_ports(), "http": {"enabled": False},
+                              "store": {"url": f"sqlite:///{db}"}}))
+    await sw.start()
+    try:
+        cut = await sw.store.get_cdr("cut")
+        assert cut is not None and cut["outcome"] == "interrupted", cut
+        assert (cut["tenant"], cut["caller_id_number"], cut["external_id"]) == (
+            "acme", "+902120000000", "x-9")
+        assert (cut["answered_at"], cut["ended_at"], cut["billsec"]) == (
+            1700000002.0, died, 8.0)
+        done = await sw.store.get_cdr("done")
+        assert done is not None and done["outcome"] == "answered"
+        assert journal.stat().st_size == 0
+    finally:
+        await sw.stop()

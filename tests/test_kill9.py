@@ -9,11 +9,11 @@ SIGKILL at random moments and restarted on the same store. At the end:
 
 * every job is finished: ``done`` (placed exactly once: one INVITE dialog at the UAS) or, for a
   job that was being dialled at a kill, ``unknown`` (at most one INVITE: never redialled);
-* every call the switch ended (it answered the trunk's BYE with 200) has a stored CDR: CDRs
-  are committed in batches, but each is in the store's journal (switch/journal.py) as soon as
-  the call ends, and the next start stores what a killed run left there; only a kill within
-  ``COMMIT_WINDOW`` of that 200 (between answering the BYE and the same callback's journal
-  write) is excused;
+* every call the trunk saw has a stored CDR: CDRs are committed in batches, but each is in
+  the store's journal (switch/journal.py) as soon as the call ends, and the next start stores
+  what a killed run left there; a call a kill cut off (journaled when it started) gets one
+  with outcome ``interrupted``. Only a kill within ``COMMIT_WINDOW`` of the trunk's INVITE or
+  of the switch's 200 to its BYE (before the journal write of that loop turn) is excused;
 * every outbox row is delivered and every event id in the outbox reached the receiver (at least
   once; once by id after deduplication), including the ``cdr`` event of every stored CDR;
 * the store is consistent (SQLite ``integrity_check``, no job left ``dialing``/``pending``, every
@@ -79,8 +79,10 @@ class Kill9Report:
     invites: int = 0
     placed_twice: list[str] = field(default_factory=list)
     done_not_placed: list[str] = field(default_factory=list)
+    calls_seen: int = 0  # INVITE dialogs at the trunk
     calls_ended: int = 0
     cdrs: int = 0
+    cdrs_interrupted: int = 0  # calls cut off by a kill, stored at the next start
     cdrs_lost: list[str] = field(default_factory=list)
     cdrs_in_kill_window: int = 0
     outbox_rows: int = 0
@@ -132,6 +134,7 @@ class TrunkCall:
     """One INVITE dialog as the SIPp UAS saw it."""
 
     caller: str
+    invite_at: float = 0.0  # when the UAS received the INVITE
     bye_ok_at: float | None = None  # when the switch answered the UAS's BYE with 200
 
 
@@ -147,7 +150,7 @@ def trunk_calls(log_text: str) -> dict[str, TrunkCall]:
         call_id = _header(msg, "Call-ID")
         if m.group(2) == "received" and msg.startswith("INVITE "):
             user = re.search(r"sip:([^@;>]+)@", _header(msg, "From"))
-            calls.setdefault(call_id, TrunkCall(user.group(1) if user else ""))
+            calls.setdefault(call_id, TrunkCall(user.group(1) if user else "", when))
         elif (m.group(2) == "received" and msg.startswith("SIP/2.0 200")
               and _header(msg, "CSeq").upper().endswith("BYE") and call_id in calls):
             calls[call_id].bye_ok_at = calls[call_id].bye_ok_at or when
@@ -305,18 +308,21 @@ def _check(report: Kill9Report, db: Path, callers: dict[str, str],
     if len(job_calls) != report.jobs:
         report.inconsistent.append(f"{len(job_calls)} jobs stored of {report.jobs}")
 
-    # -- CDRs: every call the switch ended has one (keyed here by the caller id)
+    # -- CDRs: every call the trunk saw has one (keyed here by the caller id): a call the
+    # switch ended normally, a call a kill cut off as "interrupted"
     cdr_callers: dict[str, str] = {}
-    for call_id, caller_id in _db_rows(db, "select call_id, caller_id_number from cdrs"):
+    for call_id, caller_id, outcome in _db_rows(
+            db, "select call_id, caller_id_number, outcome from cdrs"):
         cdr_callers[str(caller_id)] = str(call_id)
+        report.cdrs_interrupted += outcome == "interrupted"
     report.cdrs = len(cdr_callers)
     for call in trunk.values():
-        if call.bye_ok_at is None:
-            continue
-        report.calls_ended += 1
+        report.calls_seen += 1
+        report.calls_ended += call.bye_ok_at is not None
         if call.caller in cdr_callers:
             continue
-        if any(0 <= k - call.bye_ok_at <= COMMIT_WINDOW for k in kill_times):
+        moment = call.bye_ok_at if call.bye_ok_at is not None else call.invite_at
+        if any(0 <= k - moment <= COMMIT_WINDOW for k in kill_times):
             report.cdrs_in_kill_window += 1
         else:
             report.cdrs_lost.append(call.caller)
