@@ -503,6 +503,10 @@ class FormCall:
         tags: dict[str, Any] = {"frontend": NAME, "popup": popup.uuid}
         if job_id is not None:
             tags["job_id"] = job_id
+        if ident:
+            # Known up front (a pending request): in the tags from the start, so the CDR has it
+            # even when the call is created after originate() returns (a limit's queue).
+            tags["external_id"] = ident
         first_cid: str | None
         second_cid: str | None
         if popup.order == "agent-first":
@@ -606,10 +610,17 @@ class FormCall:
         call = self._find_live(ident)
         if call is not None:
             return live_status(call)
+        call_id = self.live.get(ident)
+        by_id = self.sw.recent_cdrs.get(call_id) if call_id else None
+        if by_id is not None:
+            return cdr_status(by_id)
         for cdr in reversed(self.sw.recent_cdrs.values()):
             if cdr.get("frontend") == NAME and cdr.get("external_id") == ident:
                 return cdr_status(cdr)
         stored = await self.sw.store.list_cdrs(external_id=ident, frontend=NAME, limit=1)
+        if not stored and call_id:
+            one = await self.sw.store.get_cdr(call_id)
+            stored = [one] if one is not None else []
         if stored:
             return cdr_status(stored[0])
         job = await self.sw.scheduler.get(ident)
