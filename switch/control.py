@@ -546,6 +546,18 @@ class CallControl:
 
     # ---- verbs on existing calls ---------------------------------------------------------------
 
+    def active_call(self, call_id: str) -> Call | None:
+        """The call in progress with this id, or None (ended, merged or unknown)."""
+        return self.b2bua.calls.get(call_id)
+
+    def active_calls(self) -> list[Call]:
+        """Every call in progress."""
+        return list(self.b2bua.calls.values())
+
+    def end_call(self, call: Call) -> None:
+        """Hang up a call (BYE answered legs, CANCEL ringing ones); nothing once it ended."""
+        self.b2bua.hangup(call)
+
     def leg(self, leg_id: str) -> Leg:
         """The leg with this id (KeyError when unknown or ended)."""
         leg = self.b2bua.legs.get(leg_id)

@@ -538,7 +538,7 @@ class FormCall:
         agent_leg, customer_leg = ((ref.leg_id, second_leg) if popup.order == "agent-first"
                                    else (second_leg, ref.leg_id))
         ident = ident or ref.call_id.replace("-", "")
-        call = self.sw.b2bua.calls.get(ref.call_id)
+        call = self.sw.active_call(ref.call_id)
         if call is not None:
             # Set before the first await, so every event and the CDR carry them.
             call.tags["external_id"] = ident
@@ -564,7 +564,7 @@ class FormCall:
         with contextlib.suppress(Exception):  # the leg may hang up while this plays
             await self.sw.play_and_wait(leg.id, "unavailable")
         if not leg.call.ended:
-            self.sw.b2bua.hangup(leg.call)
+            self.sw.end_call(leg.call)
 
     async def run_job(self, job_id: str, data: dict[str, Any]) -> str:
         """Scheduler handler: place a pending request now its popup's hours have opened."""
@@ -596,10 +596,10 @@ class FormCall:
 
     def _find_live(self, ident: str) -> Call | None:
         call_id = self.live.get(ident)
-        call = self.sw.b2bua.calls.get(call_id) if call_id else None
+        call = self.sw.active_call(call_id) if call_id else None
         if call is not None:
             return call
-        for call in self.sw.b2bua.calls.values():
+        for call in self.sw.active_calls():
             if call.tags.get("frontend") == NAME and call.tags.get("external_id") == ident:
                 return call
         return None
@@ -673,7 +673,7 @@ class FormCall:
         """Status webhooks for the stages of a call in progress."""
         if event.name not in ("leg-initiated", "answered", "bridged"):
             return
-        call = self.sw.b2bua.calls.get(event.call_id)
+        call = self.sw.active_call(event.call_id)
         if call is None or call.tags.get("frontend") != NAME:
             return
         popup = self.popups.get(str(call.tags.get("popup", "")))

@@ -446,7 +446,7 @@ class QuickDial:
         entry = self.entries.get(number)
         if entry is None:  # removed through the API while the call was being set up
             self._fail(call, number, NOT_CONNECTED, "quick dial entry removed")
-            self.sw.b2bua.hangup(call)
+            self.sw.end_call(call)
             return
         code = await self._gather(leg, entry)
         if call.ended:
@@ -522,7 +522,7 @@ class QuickDial:
                 log.warning("quick dial %s: failure prompt %r cannot be played (%s)",
                             entry.number, entry.failure_prompt, exc)
         if not call.ended:
-            self.sw.b2bua.hangup(call)
+            self.sw.end_call(call)
 
     def payload(self, call: "Call", entry: QuickDialEntry, code: str) -> dict[str, Any]:
         """The JSON body of the lookup, as the vendor documents it."""
