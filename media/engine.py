@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import secrets
 import socket
@@ -70,6 +71,8 @@ class PortRangeExhausted(RuntimeError):
     """No free even/odd port pair is left in the engine's range."""
 
 
+# Pure, and called for every SDP address: remembered (ipaddress parsing is slow).
+@functools.lru_cache(maxsize=1024)
 def _normalize_ip(ip: str) -> tuple[str, int]:
     """Canonical text form and version of an IP literal; ValueError for anything else."""
     text = ip[1:-1] if ip.startswith("[") and ip.endswith("]") else ip

@@ -12,6 +12,7 @@ answer by setting its port to zero (RFC 3264 section 6).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -757,6 +758,7 @@ def _connection_host(sdp: SessionDescription, media: MediaDescription) -> str | 
     return host
 
 
+@functools.lru_cache(maxsize=1024)  # pure; called for every SDP parsed
 def _is_null_address(host: str) -> bool:
     # RFC 3264 section 8.4 (and RFC 2543 legacy): c=0.0.0.0 means "on hold", no address.
     try:

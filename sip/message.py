@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from sip.errors import SipParseError
-from sip.uri import parse_name_addr
+from sip.uri import header_tag
 
 # RFC 3261 section 7.3.3: compact forms.
 COMPACT_FORMS: dict[str, str] = {
@@ -157,8 +157,24 @@ SINGLE_HEADERS: frozenset[str] = frozenset(
 )
 
 
+# Spellings seen before -> canonical name: the lookups of the layers above (one "Via" or "To"
+# after another, hundreds per call) cost one dict hit. Bounded, as names can come off the wire.
+_SPELLINGS: dict[str, str] = {}
+_SPELLINGS_MAX = 2048
+
+
 def canonical_name(name: str) -> str:
     """Return the canonical spelling of a header name (compact forms expanded)."""
+    known = _SPELLINGS.get(name)
+    if known is not None:
+        return known
+    canonical = _canonical_name(name)
+    if len(_SPELLINGS) < _SPELLINGS_MAX:
+        _SPELLINGS[name] = canonical
+    return canonical
+
+
+def _canonical_name(name: str) -> str:
     lowered = name.lower()
     if len(lowered) == 1 and lowered in COMPACT_FORMS:
         return COMPACT_FORMS[lowered]
@@ -179,6 +195,13 @@ class Headers:
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in items]
+
+    @classmethod
+    def _canonical(cls, items: list[tuple[str, str]]) -> Headers:
+        """Headers taking ``items`` as they are: every name already canonical (the parser)."""
+        headers = cls.__new__(cls)
+        headers._items = items
+        return headers
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._items)
@@ -377,7 +400,7 @@ REASONS: dict[int, str] = {
 def _has_tag(to_value: str) -> bool:
     """True if a To/From value carries a tag parameter (parsed, RFC 3261 section 19.3)."""
     try:
-        return parse_name_addr(to_value).tag is not None
+        return header_tag(to_value) is not None
     except SipParseError:
         return ";tag=" in to_value.lower().replace(" ", "")
 

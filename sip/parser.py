@@ -346,7 +346,7 @@ def parse_message(data: bytes) -> Request | Response:
                 valid.clear()
             valid[entry] = None
 
-    message.headers = Headers(items)
+    message.headers = Headers._canonical(items)
     message.body = body
     if isinstance(message, Request) and message.uri not in _RURI_CACHE:
         # Last, so that a 416 is only reported for a request that is otherwise answerable.

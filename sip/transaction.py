@@ -41,7 +41,7 @@ from sip.message import (
     build_response,
 )
 from sip.parser import parse_message, salvage_request
-from sip.uri import Via, parse_name_addr, parse_via
+from sip.uri import Via, header_tag, parse_via
 
 Address: TypeAlias = tuple[str, int]
 
@@ -284,7 +284,7 @@ _TAG_RE: Final = re.compile(r";[ \t]*tag[ \t]*=[ \t]*([^; \t,]+)", re.IGNORECASE
 def _tag(header_value: str) -> str:
     """The tag of a From/To value ("" when absent). Raises SipParseError when unparsable."""
     try:
-        return parse_name_addr(header_value).tag or ""
+        return header_tag(header_value) or ""
     except SipParseError as exc:
         if exc.status != 416:
             raise

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from sip.errors import SipParseError
 
@@ -21,6 +22,7 @@ __all__ = [
     "NameAddr",
     "SipURI",
     "Via",
+    "header_tag",
     "is_token",
     "parse_name_addr",
     "parse_uri",
@@ -88,6 +90,41 @@ _KNOWN_SCHEMES = frozenset({"sip", "sips", "tel"})
 
 def _bad(reason: str) -> SipParseError:
     return SipParseError(reason, 400)
+
+
+class _Memo:
+    """Bounded memo of parse results by input text, in two generations.
+
+    A dialog repeats its From, To, Contact and Via values in every message, and the layers
+    above the parser look at them several times each (transaction matching, dialog and call
+    lookup): at a few hundred calls per second, parsing the same strings again was the
+    largest share of the switch's CPU per call (bench.cps profile). When the young
+    generation is full it becomes the old one (the previous old one is dropped), so a flood
+    of distinct values costs only the memo's benefit, while values still in use survive by
+    being promoted on their next lookup.
+    """
+
+    __slots__ = ("_max", "_old", "_young")
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._young: dict[str, Any] = {}
+        self._old: dict[str, Any] = {}
+        self._max = max_entries
+
+    def get(self, key: str) -> Any:
+        value = self._young.get(key)
+        if value is None:
+            value = self._old.get(key)
+            if value is not None:
+                self.put(key, value)
+        return value
+
+    def put(self, key: str, value: Any) -> None:
+        young = self._young
+        if len(young) >= self._max:
+            self._old = young
+            self._young = young = {}
+        young[key] = value
 
 
 def _format_params(params: dict[str, str | None]) -> str:
@@ -205,8 +242,30 @@ def parse_uri(text: str) -> SipURI:
     """Parse a SIP, SIPS or tel URI (RFC 3261 section 19.1.1, RFC 3966).
 
     Raises :class:`SipParseError` with status 416 for a well-formed URI of another scheme
-    (RFC 3261 section 8.2.2.1) and 400 for a malformed one.
+    (RFC 3261 section 8.2.2.1) and 400 for a malformed one. The result is the caller's own
+    (a copy when the text was parsed before).
     """
+    return _copy_uri(_uri_shared(text))
+
+
+_URI_MEMO = _Memo()
+
+
+def _copy_uri(uri: SipURI) -> SipURI:
+    headers = dict(uri.headers) if uri.headers else {}
+    return SipURI(uri.scheme, uri.user, uri.password, uri.host, uri.port, dict(uri.params), headers)
+
+
+def _uri_shared(text: str) -> SipURI:
+    """The memo's parsed URI for ``text``: shared, so never to be modified or handed out."""
+    uri: SipURI | None = _URI_MEMO.get(text)
+    if uri is None:
+        uri = _parse_uri(text)
+        _URI_MEMO.put(text, uri)
+    return uri
+
+
+def _parse_uri(text: str) -> SipURI:
     scheme, rest = _split_scheme(text)
     if scheme not in _KNOWN_SCHEMES:
         # absoluteURI = scheme ":" ( hier-part / opaque-part ): must not be empty nor hold
@@ -384,21 +443,41 @@ def parse_name_addr(text: str) -> NameAddr:
 
     Raises status 416 when the URI is of a scheme other than sip/sips/tel.
     """
-    display, uri_text, params = _split_name_addr(text)
-    return NameAddr(parse_uri(uri_text), display, params)
+    shared = _name_addr_shared(text)
+    return NameAddr(_copy_uri(shared.uri), shared.display, dict(shared.params))
+
+
+def header_tag(text: str) -> str | None:
+    """The ``tag`` parameter of a From or To value (RFC 3261 section 19.3), or None.
+
+    The same as ``parse_name_addr(text).tag`` without copying a memoised parse."""
+    return _name_addr_shared(text).params.get("tag")
+
+
+_NAME_ADDR_MEMO = _Memo()
+
+
+def _name_addr_shared(text: str) -> NameAddr:
+    """The memo's parsed name-addr for ``text``: shared, never to be modified or handed out."""
+    parsed: NameAddr | None = _NAME_ADDR_MEMO.get(text)
+    if parsed is None:
+        display, uri_text, params = _split_name_addr(text)
+        parsed = NameAddr(_uri_shared(uri_text), display, params)
+        _NAME_ADDR_MEMO.put(text, parsed)
+    return parsed
 
 
 def validate_name_addr(text: str, *, require_brackets: bool = False) -> None:
     """Check the syntax of a name-addr/addr-spec value, accepting any URI scheme.
 
     Used by the message parser for From/To/Contact/Route: a URI of an unknown scheme in
-    those headers does not make the message invalid (RFC 4475 section 3.3.4).
+    those headers does not make the message invalid (RFC 4475 section 3.3.4). A value with
+    a SIP, SIPS or tel URI is parsed into the memo, where the layers above then find it.
     """
     if require_brackets and "<" not in text:
         raise _bad("Route value must be a name-addr")
-    _, uri_text, _ = _split_name_addr(text)
     try:
-        parse_uri(uri_text)
+        _name_addr_shared(text)
     except SipParseError as exc:
         if exc.status != 416:
             raise
@@ -439,7 +518,20 @@ class Via:
 
 
 def parse_via(text: str) -> Via:
-    """Parse one via-parm (RFC 3261 section 20.42; LWS allowed around "/" and ":")."""
+    """Parse one via-parm (RFC 3261 section 20.42; LWS allowed around "/" and ":").
+
+    The result is the caller's own (a copy when the text was parsed before)."""
+    via: Via | None = _VIA_MEMO.get(text)
+    if via is None:
+        via = _parse_via(text)
+        _VIA_MEMO.put(text, via)
+    return Via(via.transport, via.host, via.port, dict(via.params))
+
+
+_VIA_MEMO = _Memo()
+
+
+def _parse_via(text: str) -> Via:
     s = text.strip(" \t")
     m = _VIA_RE.match(s)
     if m is None:

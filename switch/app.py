@@ -40,7 +40,7 @@ from sip.transaction import (
     TransactionTimeout,
     TransportFailure,
 )
-from sip.uri import parse_name_addr, parse_uri
+from sip.uri import header_tag, parse_name_addr, parse_uri
 from switch.audit import AuditLog
 from switch.b2bua import ALLOW, B2BUA, Call, CallEvent, ForkTarget, Leg
 from switch.calendar import ServiceHours
@@ -869,7 +869,7 @@ class Switch(CallControl):
                 self.b2bua.on_ack(leg, request)
             return
         try:
-            to_tag = parse_name_addr(request.first("To")).tag
+            to_tag = header_tag(request.first("To"))
         except SipParseError as exc:
             # 416 for a To URI in a scheme we do not serve (RFC 4475 section 3.3.4).
             self.stack.send_response(tx, build_response(request, exc.status, exc.reason))

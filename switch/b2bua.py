@@ -40,7 +40,7 @@ from sip.errors import SipParseError
 from sip.message import Headers, Request, Response, build_response
 from sip.stack import SipStack, new_tag
 from sip.transaction import ClientTransaction, ServerTransaction
-from sip.uri import parse_name_addr, parse_uri
+from sip.uri import header_tag, parse_uri
 from switch.config import Trunk
 from switch.legmedia import LegMedia
 
@@ -331,8 +331,8 @@ class B2BUA:
     def find_leg(self, request: Request) -> Leg | None:
         """The leg an in-dialog request belongs to (To tag is ours, From tag is theirs)."""
         try:
-            to_tag = parse_name_addr(request.first("To")).tag
-            from_tag = parse_name_addr(request.first("From")).tag
+            to_tag = header_tag(request.first("To"))
+            from_tag = header_tag(request.first("From"))
         except SipParseError:
             return None
         if not to_tag or not from_tag:
@@ -1021,7 +1021,7 @@ class B2BUA:
         if leg.dialog is not None or leg.invite is None:
             return
         try:
-            to_tag = parse_name_addr(response.first("To")).tag
+            to_tag = header_tag(response.first("To"))
         except SipParseError:
             to_tag = None
         if to_tag:
@@ -1032,7 +1032,7 @@ class B2BUA:
         """A 2xx confirms the dialog (a new one if another fork's tag answered) and is ACKed
         (RFC 3261 section 13.2.2.4)."""
         assert leg.invite is not None
-        if leg.dialog is None or leg.dialog.remote_tag != parse_name_addr(response.first("To")).tag:
+        if leg.dialog is None or leg.dialog.remote_tag != header_tag(response.first("To")):
             self._unindex(leg)
             leg.dialog = Dialog.uac(leg.invite, response)
         else:

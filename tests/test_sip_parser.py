@@ -16,6 +16,7 @@ from sip.uri import (
     NameAddr,
     SipURI,
     Via,
+    header_tag,
     parse_name_addr,
     parse_uri,
     parse_via,
@@ -191,6 +192,45 @@ def test_validate_name_addr_accepts_unknown_scheme() -> None:
     assert info.value.status == 416
     with pytest.raises(SipParseError):
         validate_name_addr("sip:a@b", require_brackets=True)
+
+
+def test_memoised_parses_are_the_callers_own() -> None:
+    """Parses are memoised by text; what a caller gets must still be its own to change."""
+    text = '"Bob" <sip:bob@biloxi.example.com;transport=tcp>;tag=a6c85cf'
+    first = parse_name_addr(text)
+    first.params["tag"] = "changed"
+    first.uri.params["transport"] = "udp"
+    first.uri.host = "elsewhere.example.com"
+    second = parse_name_addr(text)
+    assert second.tag == "a6c85cf"
+    assert second.uri.params == {"transport": "tcp"}
+    assert second.uri.host == "biloxi.example.com"
+    assert header_tag(text) == "a6c85cf"
+    assert header_tag("<sip:bob@biloxi.example.com>") is None
+    uri = parse_uri("sip:carol@chicago.example.com;lr?subject=x")
+    uri.params.clear()
+    uri.headers["subject"] = "y"
+    again = parse_uri("sip:carol@chicago.example.com;lr?subject=x")
+    assert again.params == {"lr": None} and again.headers == {"subject": "x"}
+    via = parse_via("SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bKnashds8")
+    via.params["received"] = "192.0.2.1"
+    assert parse_via("SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bKnashds8").received is None
+
+
+def test_memoised_parses_still_reject_bad_values() -> None:
+    """A bad value is refused every time (failures are not memoised), and a flood of
+    distinct values keeps the memo bounded."""
+    from sip import uri as uri_module
+
+    for _ in range(2):
+        with pytest.raises(SipParseError):
+            parse_name_addr("<sip:bob@bad host>")
+        with pytest.raises(SipParseError):
+            header_tag("<sip:bob@biloxi.example.com;tag=1")
+    for i in range(3 * 4096):
+        assert header_tag(f"<sip:u{i}@example.com>;tag=t{i}") == f"t{i}"
+    memo = uri_module._NAME_ADDR_MEMO
+    assert len(memo._young) + len(memo._old) <= 2 * 4096
 
 
 # ---- Via -----------------------------------------------------------------------------------
