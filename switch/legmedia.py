@@ -102,10 +102,13 @@ class LegMedia:
             self._telephone_event(data)
         elif self.inband is not None and self.audio is not None and pt == self.audio.payload_type:
             self._inband(data)
-        for tap in self.taps:
-            tap(endpoint, data)
+        if self.taps:
+            for tap in self.taps:
+                tap(endpoint, data)
         peer = self.peer
-        if peer is not None and peer.injecting():
+        if peer is not None and (peer.player is not None or peer._dtmf_busy_until) and (
+            peer.injecting()
+        ):
             return True  # the other leg hears a prompt or our DTMF: do not relay into it
         return None
 
@@ -113,7 +116,11 @@ class LegMedia:
         """True while the switch is sending its own audio or DTMF to this leg."""
         if self.player is not None and self.player.playing:
             return True
-        return self._dtmf_busy_until > self._loop.time()
+        if self._dtmf_busy_until:
+            if self._dtmf_busy_until > self._loop.time():
+                return True
+            self._dtmf_busy_until = 0.0  # done: later packets skip the clock read
+        return False
 
     def _telephone_event(self, data: bytes) -> None:
         hl = rtp_header_length(data)
