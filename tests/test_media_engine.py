@@ -200,6 +200,114 @@ async def test_exhaustion_error_and_close_releases() -> None:
     assert ep.closed
 
 
+async def test_closed_pairs_are_parked_then_reused_fresh(
+    monkeypatch: pytest.MonkeyPatch, phones: tuple[PhonePair, PhonePair]
+) -> None:
+    """A closed endpoint's sockets stay bound, drop what still arrives, are not handed out
+    again during the quarantine, and come back as a new endpoint with fresh state."""
+    import media.engine as engine_module
+
+    a, b = phones
+    base = free_port_range(3)
+    eng = MediaEngine(LOCAL, base, base + 5)
+    try:
+        old_a, old_b = await bridged(eng, a, b)
+        a.rtp.send(rtp_packet(seq=1), old_a.local_address)
+        await b.rtp.recv()
+        parked_port = old_a.port
+        old_a.close()
+        # Late packets of the finished call: swallowed, counted nowhere.
+        for seq in range(2, 6):
+            a.rtp.send(rtp_packet(seq=seq), (LOCAL, parked_port))
+            a.rtcp.send(rtcp_rr(), (LOCAL, parked_port + 1))
+        await asyncio.sleep(0.05)
+        assert old_a.packets_in == 1 and old_b.packets_out == 1
+        assert b.rtp.queue.empty()
+        with pytest.raises(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((LOCAL, parked_port))  # still ours
+        assert eng.stats["port_pairs_free"] == 2  # the parked pair counts as free
+        # In quarantine: a fresh pair is preferred.
+        fresh = await eng.allocate()
+        assert fresh.port not in (parked_port, old_b.port)
+        # Past the quarantine: the parked pair, as a new endpoint.
+        monkeypatch.setattr(engine_module, "_PARK_QUARANTINE", 0.0)
+        reused = await eng.allocate()
+        assert reused.port == parked_port and reused is not old_a
+        assert reused.counters == dict.fromkeys(COUNTER_NAMES, 0)
+        assert reused.remote is None and reused.peer is None and not reused.closed
+        reused.set_remote(a.address, [PCMU, TELEPHONE_EVENT])
+        eng.bridge(reused, old_b)
+        a.rtp.send(rtp_packet(seq=7), reused.local_address)
+        data, _ = await b.rtp.recv()
+        assert parse_rtp(data).sequence == 7
+        a.rtcp.send(rtcp_rr(0x77), reused.rtcp_address)
+        data, _ = await b.rtcp.recv()
+        assert data == rtcp_rr(0x77)
+        assert reused.packets_in == 1 and reused.rtcp_in == 1
+    finally:
+        await eng.close()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((LOCAL, base))  # close() closed the parked and the open sockets alike
+
+
+async def test_parked_pairs_are_closed_when_idle_or_used_when_nothing_else_is_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import media.engine as engine_module
+
+    base = free_port_range(1)
+    eng = MediaEngine(LOCAL, base, base + 1)
+    try:
+        first = await eng.allocate()
+        first.close()
+        # The only pair is parked: allocate takes it even in quarantine.
+        again = await eng.allocate()
+        assert again.port == base
+        monkeypatch.setattr(engine_module, "_PARK_IDLE", 0.05)
+        again.close()
+        assert eng.stats["port_pairs_free"] == 1
+        # Unused for _PARK_IDLE: closed, the port is free for anyone.
+        await until(lambda: eng._sweep_timer is None and not eng._parked and not eng._releasing)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((LOCAL, base))
+        assert eng.stats["port_pairs_free"] == 1
+        third = await eng.allocate()  # a new socket pair again
+        assert third.port == base
+    finally:
+        await eng.close()
+
+
+async def test_parking_is_bounded_by_the_open_file_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parked sockets hold file descriptors: at most an eighth of the soft limit, and a
+    call that finds no descriptor left gets a parked pair instead of failing."""
+    import media.engine as engine_module
+
+    monkeypatch.setattr(engine_module.resource, "getrlimit", lambda _which: (1024, 4096))
+    assert engine_module._park_limit() == 128
+    monkeypatch.setattr(engine_module.resource, "getrlimit", lambda _which: (16, 4096))
+    base = free_port_range(3)
+    eng = MediaEngine(LOCAL, base, base + 5)  # may park 2 pairs
+    try:
+        eps = [await eng.allocate() for _ in range(3)]
+        for ep in eps:
+            ep.close()
+        assert len(eng._parked) == 2
+        await until(lambda: len(eng._releasing) == 2)  # the third pair was really closed
+
+        def no_fds(port: int) -> tuple[socket.socket, socket.socket]:
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        monkeypatch.setattr(eng, "_bind_pair", no_fds)
+        reused = await eng.allocate()  # in quarantine, but better than failing the call
+        assert reused.port in {ep.port for ep in eps[:2]}
+        await eng.allocate()
+        with pytest.raises(OSError) as info:
+            await eng.allocate()
+        assert info.value.errno == errno.EMFILE
+    finally:
+        await eng.close()
+
+
 async def test_skips_ports_in_use_by_others() -> None:
     base = free_port_range(3)
     blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
