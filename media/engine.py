@@ -135,9 +135,10 @@ def _build_transcoder(
 # of file descriptors (an allocation that hits the limit takes a parked pair instead).
 # A phone stops sending within a round trip of receiving the BYE; one second covers that with
 # margin, and at 500 calls per second (1000 endpoints closing a second) keeps the pool of
-# pairs in quarantine under _PARK_MAX.
+# pairs in quarantine under _PARK_MAX. Parking pays only while calls keep ending and starting;
+# five idle seconds mean the churn is over, and the sockets are given back.
 _PARK_QUARANTINE = 1.0
-_PARK_IDLE = 30.0
+_PARK_IDLE = 5.0
 _PARK_MAX = 2048
 
 
@@ -626,6 +627,7 @@ class MediaEngine:
         self._closed = False
         probe = await self.allocate()
         probe.close()
+        self._close_parked(float("inf"))  # a probe is no reason to hold sockets
         self._started = True
 
     @property

@@ -352,14 +352,19 @@ class QuickomFrontend:
                          or (known.email if known else "")),
         }
         records = []
+        ended = cdr.get("ended_at")
         for rec in cdr.get("recordings") or []:
             start = rec.get("start")
             duration = rec.get("duration") or 0.0
+            end = start + duration if isinstance(start, int | float) else None
+            if end is not None and isinstance(ended, int | float):
+                # The recorder's length counts whole 20 ms frames, so it can run a few
+                # milliseconds past the BYE; a recording never outlasts its call.
+                end = min(end, ended)
             records.append({
                 "record_id": str(rec.get("id")),
                 "start_time": _seconds(start),
-                "end_time": _seconds(start + duration) if isinstance(start, int | float)
-                else None,
+                "end_time": _seconds(end),
             })
         info = {
             "call_id": str(cdr["call_id"]),
