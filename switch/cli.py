@@ -123,6 +123,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
+    raise_open_file_limit()
     # Imported here so the CLI (and check-config) work without loading the whole switch.
     from switch.app import run_switch  # type: ignore[import-not-found,unused-ignore]
 
@@ -134,6 +135,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
         logger.error("cannot start: %s", exc)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def raise_open_file_limit() -> int | None:
+    """Raise this process's soft open-file limit to its hard limit; return the new soft limit
+    (None when it is unlimited or the platform has none).
+
+    Every anchored call holds four sockets (RTP and RTCP for each leg): the common default
+    soft limit of 1024 would stop the switch near 250 calls while the hard limit, which an
+    unprivileged process may raise itself to, is usually far higher (servers such as nginx
+    and FreeSWITCH do the same at start)."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:  # e.g. an unlimited hard limit above nr_open
+            logger.warning("cannot raise the open-file limit from %d: %s", soft, exc)
+    if soft != resource.RLIM_INFINITY:
+        logger.info("open-file limit %d: room for about %d anchored calls", soft, soft // 4)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def _run_async(coro: Coroutine[Any, Any, None]) -> None:

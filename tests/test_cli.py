@@ -127,6 +127,33 @@ def test_run_invokes_run_switch_with_overridden_log_level(
     assert [e.number for e in seen[0].extensions] == ["1001", "1002", "1003"]
 
 
+def test_run_raises_the_open_file_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run`` lifts the soft open-file limit to the hard one before the switch starts (four
+    sockets per anchored call: a soft limit of 1024 would stop it near 250 calls)."""
+    import types
+
+    from switch.config import Config
+
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 512:
+        pytest.skip(f"needs a finite hard open-file limit above 512 (have {hard})")
+    seen: list[tuple[int, int]] = []
+
+    async def fake_run_switch(config: Config) -> None:
+        seen.append(resource.getrlimit(resource.RLIMIT_NOFILE))
+
+    fake_app = types.ModuleType("switch.app")
+    fake_app.run_switch = fake_run_switch  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "switch.app", fake_app)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+    try:
+        assert main(["run", "-c", str(EXAMPLE)]) == 0
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert seen == [(hard, hard)]
+
+
 def test_run_reports_os_error(monkeypatch: pytest.MonkeyPatch) -> None:
     import types
 
