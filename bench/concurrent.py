@@ -47,7 +47,7 @@ from bench.common import (
     write_csv,
 )
 from bench.cps import CALLER, DIALLED, Ports, Softswitch
-from media.engine import _PARK_IDLE
+from media.engine import PARK_IDLE
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -280,9 +280,9 @@ def run(args: argparse.Namespace, sipp: str, run_dir: Path) -> dict[str, Any]:
             uac_exit = uac.wait(ramp_s + args.hold + 60.0)
             uas_exit = uas.wait(10.0)
             time.sleep(args.idle_seconds)
-            # Ended calls' sockets stay parked for reuse until idle for _PARK_IDLE seconds.
-            parked_until = time.monotonic() + _PARK_IDLE + 5.0
-            while (open_fds(pid) or 0) > idle_fds and time.monotonic() < parked_until:
+            # Ended calls' sockets stay parked for reuse until idle for PARK_IDLE seconds.
+            parked_until = time.monotonic() + PARK_IDLE + 5.0
+            while open_fds(pid) > idle_fds and time.monotonic() < parked_until:
                 time.sleep(0.2)
             after = proc_status_kb(pid)
             uac_c = SippCounters.from_csv(uac_cmd.stat_file)

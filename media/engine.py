@@ -43,7 +43,14 @@ from .g711 import ALAW_TO_ULAW, ULAW_TO_ALAW
 from .rtp import is_rtcp, rtp_header_length
 from .sdp import Codec
 
-__all__ = ["COUNTER_NAMES", "MediaEngine", "PacketHook", "PortRangeExhausted", "RtpEndpoint"]
+__all__ = [
+    "COUNTER_NAMES",
+    "PARK_IDLE",
+    "MediaEngine",
+    "PacketHook",
+    "PortRangeExhausted",
+    "RtpEndpoint",
+]
 
 #: Per-endpoint counters, also summed (live + closed endpoints) in :attr:`MediaEngine.stats`.
 COUNTER_NAMES = (
@@ -130,7 +137,7 @@ def _build_transcoder(
 # of a call at a few hundred calls per second (bench.cps profile). A closed endpoint's
 # sockets wait at least _PARK_QUARANTINE seconds, dropping whatever still arrives (late
 # packets of the finished call must not reach the next one, nor latch it), and are closed
-# after _PARK_IDLE seconds unused. At most _PARK_MAX pairs wait (2 fds each), and never more
+# after PARK_IDLE seconds unused. At most _PARK_MAX pairs wait (2 fds each), and never more
 # than an eighth of the process's open-file limit, so parked sockets cannot starve new calls
 # of file descriptors (an allocation that hits the limit takes a parked pair instead).
 # A phone stops sending within a round trip of receiving the BYE; one second covers that with
@@ -138,7 +145,9 @@ def _build_transcoder(
 # pairs in quarantine under _PARK_MAX. Parking pays only while calls keep ending and starting;
 # five idle seconds mean the churn is over, and the sockets are given back.
 _PARK_QUARANTINE = 1.0
-_PARK_IDLE = 5.0
+#: Seconds a parked port pair may stay unused before its sockets are closed (public: a
+#: check that a finished call's ports are released waits this long).
+PARK_IDLE = 5.0
 _PARK_MAX = 2048
 
 
@@ -584,7 +593,7 @@ class MediaEngine:
     ``port_min``..``port_max`` is inclusive; RTP uses the even ports in it whose odd
     successor is also in range. Ports in use by other processes are skipped. A closed
     endpoint's pair is parked with its sockets open (up to ``_PARK_MAX`` pairs, closed after
-    ``_PARK_IDLE`` s unused) and handed out again only after ``_PARK_QUARANTINE`` s, while
+    ``PARK_IDLE`` s unused) and handed out again only after ``_PARK_QUARANTINE`` s, while
     other pairs are free; pairs freed by closing go to the back of the free list. Either way
     late packets of the previous call do not reach a new one.
     """
@@ -798,7 +807,7 @@ class MediaEngine:
         endpoint._open_transports = 0
         self._parked.append((loop.time(), port, rtp, rtcp))
         if self._sweep_timer is None:
-            self._sweep_timer = loop.call_later(_PARK_IDLE, self._sweep)
+            self._sweep_timer = loop.call_later(PARK_IDLE, self._sweep)
         return True
 
     def _unpark(self, latch: bool) -> RtpEndpoint:
@@ -812,18 +821,16 @@ class MediaEngine:
         endpoint._open_transports = 2
         self._releasing.discard(port)
         self._endpoints[port] = endpoint
-        if not self._parked and self._sweep_timer is not None:
-            self._sweep_timer.cancel()
-            self._sweep_timer = None
+        self._stop_sweep_when_empty()
         return endpoint
 
     def _sweep(self) -> None:
-        """Close the pairs parked for ``_PARK_IDLE`` seconds; look again while any wait."""
+        """Close the pairs parked for ``PARK_IDLE`` seconds; look again while any wait."""
         self._sweep_timer = None
         loop = asyncio.get_running_loop()
-        self._close_parked(loop.time() - _PARK_IDLE)
+        self._close_parked(loop.time() - PARK_IDLE)
         if self._parked:
-            delay = self._parked[0][0] + _PARK_IDLE - loop.time()
+            delay = self._parked[0][0] + PARK_IDLE - loop.time()
             self._sweep_timer = loop.call_later(max(delay, 0.1), self._sweep)
 
     def _close_parked(self, parked_before: float) -> None:
@@ -834,7 +841,10 @@ class MediaEngine:
             _, _port, rtp, rtcp = parked.popleft()
             rtp.close()
             rtcp.close()
-        if not parked and self._sweep_timer is not None:
+        self._stop_sweep_when_empty()
+
+    def _stop_sweep_when_empty(self) -> None:
+        if not self._parked and self._sweep_timer is not None:
             self._sweep_timer.cancel()
             self._sweep_timer = None
 

@@ -625,17 +625,16 @@ class SipStack:
         else:
             self._per_source.pop(ip, None)
 
-    def _admit_tls(self, peer: Address, conn: _TcpConnection | None = None) -> bool:
+    def _admit_tls(self, peer: Address, conn: _TcpConnection) -> bool:
         """May a connection just accepted on the TLS port start its handshake?"""
         if self.source_filter is not None and not self.source_filter(peer[0], self._now()):
             self.counters["tls_filtered"] += 1
             return False
-        if conn is not None and self._over_source_limit(conn):
+        if self._over_source_limit(conn):
             return False
         if self._handshaking >= MAX_TLS_HANDSHAKES:
             self.counters["tls_handshake_overflow"] += 1
-            if conn is not None:
-                self._uncount(conn)
+            self._uncount(conn)
             return False
         return True
 

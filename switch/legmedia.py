@@ -106,9 +106,7 @@ class LegMedia:
             for tap in self.taps:
                 tap(endpoint, data)
         peer = self.peer
-        if peer is not None and (peer.player is not None or peer._dtmf_busy_until) and (
-            peer.injecting()
-        ):
+        if peer is not None and peer.injecting():
             return True  # the other leg hears a prompt or our DTMF: do not relay into it
         return None
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from media.engine import _PARK_IDLE
+from media.engine import PARK_IDLE
 
 try:  # tests/ is not a package: pytest puts tests/ itself on sys.path (rootdir-relative)
     from peers import sipp
@@ -161,11 +161,11 @@ def udp_bound(port: int) -> bool:
 
 
 async def assert_media_released(sw: SwitchProcess, *rtp_ports: int,
-                                timeout: float = _PARK_IDLE + 5.0) -> None:
+                                timeout: float = PARK_IDLE + 5.0) -> None:
     """After a call ended, the switch closes its RTP/RTCP sockets (no leaked port pairs).
 
     The media engine keeps a finished call's sockets parked for reuse until they have been
-    idle for ``_PARK_IDLE`` seconds, so that is part of the wait; a leaked pair stays bound."""
+    idle for ``PARK_IDLE`` seconds, so that is part of the wait; a leaked pair stays bound."""
     ports = [p for rtp in rtp_ports for p in (rtp, rtp + 1)]
     deadline = time.monotonic() + timeout
     while True:

@@ -263,10 +263,10 @@ async def test_parked_pairs_are_closed_when_idle_or_used_when_nothing_else_is_le
         # The only pair is parked: allocate takes it even in quarantine.
         again = await eng.allocate()
         assert again.port == base
-        monkeypatch.setattr(engine_module, "_PARK_IDLE", 0.05)
+        monkeypatch.setattr(engine_module, "PARK_IDLE", 0.05)
         again.close()
         assert eng.stats["port_pairs_free"] == 1
-        # Unused for _PARK_IDLE: closed, the port is free for anyone.
+        # Unused for PARK_IDLE: closed, the port is free for anyone.
         await until(lambda: eng._sweep_timer is None and not eng._parked and not eng._releasing)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind((LOCAL, base))
