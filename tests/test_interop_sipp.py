@@ -328,6 +328,25 @@ async def test_register_below_min_expires_is_423(make_switch: Callable[..., Swit
 
 
 @needs_root
+async def pcap_call_to_trunk(sw: SwitchProcess, trunk_port: int, workdir: Path,
+                             ) -> tuple[sipp.SippResult, sipp.SippResult, sipp.RtpSink]:
+    """1001 calls +905321234567 with the g711a.pcap audio and RFC 2833 digits; the trunk UAS
+    answers PCMA with telephone-event on PT 96 and its RTP goes to the returned sink."""
+    uas_scn = sipp.render_scenario("uas_answer", workdir, {
+        "RTP/AVP 8 0 101": "RTP/AVP 8 0 96",
+        "a=rtpmap:101 telephone-event/8000": "a=rtpmap:96 telephone-event/8000",
+        "a=fmtp:101 0-15": "a=fmtp:96 0-15",
+    })
+    async with sipp.RtpSink() as sink:
+        uas = sipp.start(uas_scn, local_port=trunk_port, keys={"rtpport": sink.port},
+                         workdir=workdir)
+        await uas.wait_ready()
+        res = await place_call(sw, "uac_auth_pcap", workdir, duration_ms=300, timeout=30)
+        uas_res = await uas.wait_async(10)
+        await sink.wait_quiet(0.3, timeout=5)
+    return res, uas_res, sink
+
+
 async def test_call_to_trunk_relays_pcap_audio_and_rfc2833(
         make_switch: Callable[..., SwitchProcess], trunk_port: int, tmp_path: Path) -> None:
     """1001 (407, then credentials) dials +905321234567; the trunk UAS answers PCMA with
@@ -335,18 +354,7 @@ async def test_call_to_trunk_relays_pcap_audio_and_rfc2833(
     PT 101 from the caller) arrive at the trunk's RTP port from the switch's RTP range, the
     audio payloads byte for byte, the digits re-labelled with the far side's PT 96."""
     sw = make_switch()
-    uas_scn = sipp.render_scenario("uas_answer", tmp_path, {
-        "RTP/AVP 8 0 101": "RTP/AVP 8 0 96",
-        "a=rtpmap:101 telephone-event/8000": "a=rtpmap:96 telephone-event/8000",
-        "a=fmtp:101 0-15": "a=fmtp:96 0-15",
-    })
-    async with sipp.RtpSink() as sink:
-        uas = sipp.start(uas_scn, local_port=trunk_port, keys={"rtpport": sink.port},
-                         workdir=tmp_path)
-        await uas.wait_ready()
-        res = await place_call(sw, "uac_auth_pcap", tmp_path, duration_ms=300, timeout=30)
-        uas_res = await uas.wait_async(10)
-        await sink.wait_quiet(0.3, timeout=5)
+    res, uas_res, sink = await pcap_call_to_trunk(sw, trunk_port, tmp_path)
     check(sw, res, uas_res)
     check(sw, uas_res, res)
     assert_challenged_once(sw, res)
@@ -388,6 +396,33 @@ async def test_call_to_trunk_relays_pcap_audio_and_rfc2833(
     dtmf_ssrc = {p.ssrc for p in sipp.read_pcap_rtp(DTMF_PCAPS[0])}
     assert audio_ssrc != dtmf_ssrc              # the premise: the caller changed SSRC
     await assert_media_released(sw, offer_b["port"], answer_a["port"])
+    no_crash(sw)
+
+
+async def test_next_call_reuses_the_parked_ports_and_relays_all_its_audio(
+        make_switch: Callable[..., SwitchProcess], trunk_port: int, tmp_path: Path) -> None:
+    """A finished call's port pairs are parked and, past their quarantine, carry the next
+    call: the second call gets the first call's switch ports, and every pcap packet of the
+    second call still reaches the trunk, from those ports (nothing of the first call)."""
+    sw = make_switch()
+    expected_audio = sipp.pcap_payloads([G711A])
+    ports: list[set[int]] = []
+    for n in range(2):
+        workdir = tmp_path / f"call{n}"
+        workdir.mkdir()
+        res, uas_res, sink = await pcap_call_to_trunk(sw, trunk_port, workdir)
+        check(sw, res, uas_res)
+        check(sw, uas_res, res)
+        switch_ports = {sdp_of(uas_res.received("INVITE")[0])["port"],
+                        sdp_of(res.received("SIP/2.0 200")[0])["port"]}
+        ports.append(switch_ports)
+        got_audio = [p.payload for p in sink.received(8)]
+        assert got_audio == expected_audio, (
+            f"call {n}: {len(got_audio)}/{len(expected_audio)} PCMA packets\n"
+            f"{diag(sw, res, uas_res)}")
+        assert {port for _, port in sink.sources()} <= switch_ports, sink.sources()
+        await asyncio.sleep(1.5)  # past the parked pairs' quarantine (1 s)
+    assert ports[1] == ports[0], ports
     no_crash(sw)
 
 
